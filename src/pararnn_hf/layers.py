@@ -1,0 +1,263 @@
+"""``ParaGRU`` and ``ParaLSTM``: the recurrent layers, as ``torch.nn.Module``s.
+
+Parameters are named and laid out as in the reference code (SPEC §2): ``A`` [3, N],
+``B`` [H, D_in/H, 3, N/H], ``b`` [3, N] and, for the LSTM, ``C`` [2, N]. The input
+projection ``u = B·x + b`` is a block-diagonal (per-head) matmul done with ordinary torch ops,
+so autograd turns ``dL/du`` from the solver into ``dL/dB``, ``dL/db`` and ``dL/dx``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from types import ModuleType
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+
+from .cells import gru, lstm
+from .ops.dispatch import check_backend, select_method
+from .ops.newton import SolveInfo
+from .ops.recurrence import solve
+from .ops.transition import Transition
+
+State = Union[Tensor, tuple[Tensor, Tensor]]
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class ParaRNNConvergenceWarning(RuntimeWarning):
+    """Newton did not converge within the iteration cap; the exact loop finished the solve."""
+
+
+class ParaRNNLayer(nn.Module):
+    """Shared machinery; subclasses set ``cell`` to a cell-math module."""
+
+    cell: ModuleType
+
+    def __init__(
+        self,
+        input_size: int,
+        state_size: int,
+        num_heads: int = 1,
+        backend: str = "auto",
+        newton_max_iterations: int = 6,
+        newton_tolerance: float | None = None,
+        init_recurrent_std: float | None = None,
+        init_input_bound: float | None = None,
+        init_gate_bias: tuple[float, float] = (0.0, 1.0),
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for key, value in (("input_size", input_size), ("state_size", state_size), ("num_heads", num_heads)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be a positive int, got {value!r}")
+        if input_size % num_heads or state_size % num_heads:
+            raise ValueError(
+                f"input_size ({input_size}) and state_size ({state_size}) must both be divisible "
+                f"by num_heads ({num_heads})"
+            )
+        if not isinstance(newton_max_iterations, int) or newton_max_iterations < 1:
+            raise ValueError(f"newton_max_iterations must be an int >= 1, got {newton_max_iterations!r}")
+        if newton_tolerance is not None and not newton_tolerance > 0:
+            raise ValueError(f"newton_tolerance must be > 0 or None, got {newton_tolerance!r}")
+        if dtype is not None and dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
+        self.input_size, self.state_size, self.num_heads = input_size, state_size, num_heads
+        self.backend = check_backend(backend)
+        self.newton_max_iterations = newton_max_iterations
+        self.newton_tolerance = newton_tolerance
+        self.init_recurrent_std = init_recurrent_std
+        self.init_input_bound = init_input_bound
+        self.init_gate_bias = tuple(init_gate_bias)
+        self.layer_name: str | None = None  # set by owning models for error messages
+        self.last_solve_info: SolveInfo | None = None
+        self._warned_convergence = False
+
+        factory = {"device": device, "dtype": dtype}
+        G, H, N = len(self.cell.GATE_ROWS), num_heads, state_size
+        self.A = nn.Parameter(torch.empty(G, N, **factory))
+        self.B = nn.Parameter(torch.empty(H, input_size // H, G, N // H, **factory))
+        self.b = nn.Parameter(torch.empty(G, N, **factory))
+        if self.cell.PEEPHOLE_ROWS:
+            self.C = nn.Parameter(torch.empty(len(self.cell.PEEPHOLE_ROWS), N, **factory))
+        else:
+            self.register_parameter("C", None)
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------- init
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Reference initialisation (SPEC §2), each part overridable in the constructor."""
+        N, d_head = self.state_size, self.input_size // self.num_heads
+        std = self.init_recurrent_std if self.init_recurrent_std is not None else 2 / math.sqrt(5 * N)
+        bound = self.init_input_bound if self.init_input_bound is not None else math.sqrt(6 / (d_head + N))
+        self.A.normal_(0.0, std)
+        if self.C is not None:
+            self.C.normal_(0.0, std)
+        self.B.uniform_(-bound, bound)
+        self.b.zero_()
+        lo, hi = self.init_gate_bias
+        self.b[0].copy_(-torch.linspace(lo, hi, N, dtype=torch.float64))
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, state_size={self.state_size}, num_heads={self.num_heads}, "
+            f"backend={self.backend!r}"
+        )
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def _label(self) -> str:
+        return self.layer_name or f"{type(self).__name__}({self.input_size}, {self.state_size})"
+
+    @property
+    def state_rows(self) -> int:
+        return len(self.cell.STATE_ROWS)
+
+    def project(self, x: Tensor) -> Tensor:
+        """``u = B·x + b`` with per-head blocks: ``[..., input_size] -> [..., 3, state_size]``."""
+        H = self.num_heads
+        xh = x.unflatten(-1, (H, self.input_size // H))
+        u = torch.einsum("...hi,higj->...ghj", xh, self.B).flatten(-2)
+        return u + self.b
+
+    def _compute_dtype(self, x: Tensor) -> torch.dtype:
+        # Recurrence math is fp32 for half-precision inputs: the state is carried over
+        # thousands of steps and bf16 rounding would accumulate.
+        return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+    def _check_input(self, x: Tensor, expected_rank: int, what: str) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{self._label}: {what} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{self._label}: {what} has unsupported dtype {x.dtype}; expected one of {SUPPORTED_DTYPES}")
+        shape = "[batch, time, input_size]" if expected_rank == 3 else "[batch, input_size]"
+        if x.dim() != expected_rank or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{self._label}: {what} must have shape {shape} with input_size={self.input_size}; "
+                f"got {tuple(x.shape)}"
+            )
+        param_dtype = self.B.dtype
+        if x.dtype != param_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"{self._label}: {what} has dtype {x.dtype} but the layer's parameters are {param_dtype}; "
+                f"cast one to the other (e.g. layer.to({x.dtype}))"
+            )
+
+    def _state_tensor(self, state: State | None, batch: int, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """The public state form (GRU: h; LSTM: (c, h)) as one ``[B, k, N]`` tensor."""
+        k, N = self.state_rows, self.state_size
+        if state is None:
+            return x.new_zeros(batch, k, N, dtype=dtype)
+        names = self.cell.STATE_ROWS
+        if k == 1:
+            if not isinstance(state, Tensor):
+                raise TypeError(f"{self._label}: initial_state must be a tensor h [batch, {N}], got {type(state).__name__}")
+            rows = (state,)
+        else:
+            if not (isinstance(state, (tuple, list)) and len(state) == k and all(isinstance(t, Tensor) for t in state)):
+                raise TypeError(f"{self._label}: initial_state must be a tuple of {k} tensors {names}, each [batch, {N}]")
+            rows = tuple(state)
+        for name, t in zip(names, rows):
+            if tuple(t.shape) != (batch, N):
+                raise ValueError(
+                    f"{self._label}: initial_state {name} must have shape ({batch}, {N}); got {tuple(t.shape)}"
+                )
+            if not t.is_floating_point():
+                raise TypeError(f"{self._label}: initial_state {name} must be floating point, got {t.dtype}")
+        return torch.stack([t.to(dtype) for t in rows], dim=-2)
+
+    def _public_state(self, s: Tensor) -> State:
+        if self.state_rows == 1:
+            return s[..., 0, :]
+        return tuple(s.unbind(-2))
+
+    def _step_mask(self, m: Tensor | None, what: str, batch: int, time: int) -> Tensor | None:
+        if m is None:
+            return None
+        if not isinstance(m, Tensor):
+            raise TypeError(f"{self._label}: {what} must be a tensor [batch, time], got {type(m).__name__}")
+        if tuple(m.shape) != (batch, time):
+            raise ValueError(f"{self._label}: {what} must have shape ({batch}, {time}); got {tuple(m.shape)}")
+        return (m != 0).view(batch, time, 1, 1)
+
+    def _raise_non_finite(self, x: Tensor, s0: Tensor) -> None:
+        named = [("input x", x), ("initial_state", s0)]
+        named += [(f"parameter {n}", p) for n, p in self.named_parameters()]
+        for what, t in named:
+            if not torch.isfinite(t).all():
+                raise FloatingPointError(f"{self._label}: {what} contains NaN or Inf")
+        raise FloatingPointError(
+            f"{self._label}: the recurrent state became NaN/Inf although inputs and parameters are finite"
+        )
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        x: Tensor,
+        initial_state: State | None = None,
+        mask: Tensor | None = None,
+        resets: Tensor | None = None,
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, State]:
+        """Run the recurrence over ``x`` ``[batch, time, input_size]``.
+
+        ``mask`` [batch, time]: 1 = real token, 0 = padding (an identity step).
+        ``resets`` [batch, time]: True = the state is zeroed before step t (packed documents).
+        Returns ``y`` [batch, time, state_size] (= h) and, with ``return_state``, the final
+        state (GRU: h; LSTM: (c, h)) in the compute dtype (fp32 for half inputs).
+        """
+        self._check_input(x, 3, "x")
+        batch, time = x.shape[:2]
+        dtype = self._compute_dtype(x)
+        s0 = self._state_tensor(initial_state, batch, x, dtype)
+        m = self._step_mask(mask, "mask", batch, time)
+        r = self._step_mask(resets, "resets", batch, time)
+        if time == 0:
+            y = x.new_zeros(batch, 0, self.state_size)
+            return (y, self._public_state(s0)) if return_state else y
+        keep = None if r is None else (~r).to(dtype)
+        u = self.project(x).to(dtype)
+        A = self.A.to(dtype)
+        C = None if self.C is None else self.C.to(dtype)
+        method = select_method(self.backend, u, self.state_rows)
+        s, info = solve(self.cell, u, A, C, s0, m, keep, method, self.newton_max_iterations, self.newton_tolerance)
+        self.last_solve_info = info
+        if not info.finite:
+            self._raise_non_finite(x, s0)
+        if not info.converged and not self._warned_convergence:
+            self._warned_convergence = True
+            warnings.warn(
+                f"{self._label}: Newton did not converge in {self.newton_max_iterations} iterations "
+                f"(residual {info.residual:.2e}); steps from t={info.fallback_from} were solved exactly "
+                "by the sequential loop. Raise newton_max_iterations or use backend='sequential'.",
+                ParaRNNConvergenceWarning,
+                stacklevel=2,
+            )
+        y = s[..., -1, :].to(x.dtype)
+        return (y, self._public_state(s[:, -1])) if return_state else y
+
+    def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """One O(1) recurrence step for decoding: ``x_t`` [batch, input_size] -> ``(y_t, new_state)``."""
+        self._check_input(x_t, 2, "x_t")
+        dtype = self._compute_dtype(x_t)
+        s0 = self._state_tensor(state, x_t.shape[0], x_t, dtype)
+        u = self.project(x_t).to(dtype)
+        C = None if self.C is None else self.C.to(dtype)
+        s = Transition(self.cell, s0, u, self.A.to(dtype), C).output()
+        return s[..., -1, :].to(x_t.dtype), self._public_state(s)
+
+
+class ParaGRU(ParaRNNLayer):
+    """ParaGRU layer (SPEC §2): diagonal recurrence, state h, gate rows (z, r, c)."""
+
+    cell = gru
+
+
+class ParaLSTM(ParaRNNLayer):
+    """ParaLSTM layer (SPEC §2): coupled input/forget gate with peepholes, state (c, h)."""
+
+    cell = lstm

@@ -1,0 +1,22 @@
+"""Solvers for the ParaRNN recurrences: scans, parallel Newton, the loop, dispatch."""
+
+from .dispatch import BACKENDS, select_method
+from .newton import SolveInfo, default_tolerance, newton_solve
+from .recurrence import solve
+from .scan import adjoint_scan, parallel_linear_scan, sequential_linear_scan
+from .sequential import sequential_solve
+from .transition import Transition
+
+__all__ = [
+    "BACKENDS",
+    "SolveInfo",
+    "Transition",
+    "adjoint_scan",
+    "default_tolerance",
+    "newton_solve",
+    "parallel_linear_scan",
+    "select_method",
+    "sequential_linear_scan",
+    "sequential_solve",
+    "solve",
+]

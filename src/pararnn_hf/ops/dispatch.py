@@ -1,0 +1,50 @@
+"""Backend choice (SPEC §4): which solver runs a layer's forward for given tensors.
+
+- ``torch``: parallel Newton + parallel adjoint scan, pure PyTorch, CPU and GPU.
+- ``sequential``: the step loop forward (exact), same adjoint-scan backward.
+- ``auto``: the fastest exact path for the device and shape (see ``select_method``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import Tensor
+
+BACKENDS = ("auto", "torch", "sequential")
+
+logger = logging.getLogger("pararnn_hf")
+_logged: set[tuple[str, str]] = set()
+
+# On CPU the loop does one cell evaluation per step while Newton does 4-6 over the whole
+# sequence plus scans, and both run on the same cores, so the loop wins once a step has
+# enough elements to amortise PyTorch's per-op overhead (a few microseconds). Below this
+# many state elements per step (batch * rows * N) the parallel solve is faster. Measured
+# with benchmarks/bench_cells.py on a 2-core x86 CPU; see BENCHMARKS.md.
+CPU_LOOP_MIN_STEP_ELEMENTS = 2048
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    return backend
+
+
+def select_method(backend: str, u: Tensor, state_rows: int) -> str:
+    """The forward solve method ('newton' or 'sequential') for ``u`` ``[B, T, G, N]``."""
+    if backend == "torch":
+        return "newton"
+    if backend == "sequential":
+        return "sequential"
+    B, T, _, N = u.shape
+    if u.device.type == "cpu" and T > 1 and B * state_rows * N < CPU_LOOP_MIN_STEP_ELEMENTS:
+        method = "newton"
+    elif u.device.type == "cpu":
+        method = "sequential"
+    else:
+        method = "newton"
+    key = (u.device.type, method)
+    if key not in _logged:
+        _logged.add(key)
+        logger.info("pararnn_hf: backend 'auto' uses the %s solver on %s", method, u.device.type)
+    return method

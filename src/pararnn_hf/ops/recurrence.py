@@ -1,0 +1,73 @@
+"""The differentiable recurrence: a forward solve (parallel Newton or the loop) and ONE
+reverse adjoint scan for the backward (SPEC §3), so no autograd graph is built over T steps.
+
+Backward, with ``g_t = dL/ds_t``:
+
+    lam_t = g_t + J_{t+1}^T lam_{t+1}                       (adjoint scan, reverse time)
+    dL/du_t, dL/dA, dL/dC, dL/ds_{t-1} = vjp of step t at lam_t   (closed form, all t at once)
+
+Only ``u``, the parameters, ``s0`` and the solution ``s`` are saved; gates are recomputed.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from .newton import SolveInfo, newton_solve
+from .scan import adjoint_scan
+from .sequential import sequential_solve
+from .transition import Transition, shift_right
+
+METHODS = ("newton", "sequential")
+
+
+def solve(
+    cell: ModuleType,
+    u: Tensor,
+    A: Tensor,
+    C: Tensor | None,
+    s0: Tensor,
+    mask: Tensor | None = None,
+    keep: Tensor | None = None,
+    method: str = "newton",
+    max_iterations: int = 6,
+    tolerance: float | None = None,
+) -> tuple[Tensor, SolveInfo]:
+    """All states ``[B, T, k, N]`` from ``u`` ``[B, T, G, N]`` and ``s0`` ``[B, k, N]``.
+
+    Differentiable in ``u``, ``A``, ``C`` and ``s0`` through the adjoint backward.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown solve method {method!r}; expected one of {METHODS}")
+    info_box: list[SolveInfo] = []
+    s = _Recurrence.apply(cell, method, max_iterations, tolerance, info_box, u, A, C, s0, mask, keep)
+    return s, info_box[0]
+
+
+def forward_solve(cell, u, A, C, s0, mask, keep, method, max_iterations, tolerance):
+    if method == "newton":
+        return newton_solve(cell, u, A, C, s0, mask, keep, max_iterations, tolerance)
+    s = sequential_solve(cell, u, A, C, s0, mask, keep)
+    finite = bool(torch.isfinite(s).all()) if s.numel() else True
+    return s, SolveInfo("sequential", finite=finite)
+
+
+class _Recurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cell, method, max_iterations, tolerance, info_box, u, A, C, s0, mask, keep):
+        s, info = forward_solve(cell, u, A, C, s0, mask, keep, method, max_iterations, tolerance)
+        info_box.append(info)
+        ctx.cell = cell
+        ctx.save_for_backward(u, A, C, s0, s, mask, keep)
+        return s
+
+    @staticmethod
+    def backward(ctx, grad_s):
+        u, A, C, s0, s, mask, keep = ctx.saved_tensors
+        step = Transition(ctx.cell, shift_right(s, s0), u, A, C, mask, keep)
+        lam = adjoint_scan(step.jacobian(), grad_s)
+        du, dA, dC, d_prev = step.vjp(lam)
+        return None, None, None, None, None, du, dA, dC, d_prev[:, 0], None, None
