@@ -126,11 +126,15 @@ def main() -> None:
                     else:
                         cells.append(f"{times[p]:14.1f}")
                 print(f"{cell_name:<5} {T:>6} {direction:<8} " + " ".join(cells) + f"   {iters}")
-                rows.append({"cell": cell_name, "T": T, "direction": direction, "ms": times, "newton_iterations": iters})
+                rows.append(
+                    {"cell": cell_name, "T": T, "direction": direction, "ms": times, "newton_iterations": iters}
+                )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "batch": args.batch,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import warnings
 from types import ModuleType
-from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +21,7 @@ from .ops.newton import SolveInfo
 from .ops.recurrence import solve
 from .ops.transition import Transition
 
-State = Union[Tensor, tuple[Tensor, Tensor]]
+State = Tensor | tuple[Tensor, Tensor]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -42,7 +41,7 @@ class ParaRNNLayer(nn.Module):
         state_size: int,
         num_heads: int = 1,
         backend: str = "auto",
-        newton_max_iterations: int = 6,
+        newton_max_iterations: int = 8,
         newton_tolerance: float | None = None,
         init_recurrent_std: float | None = None,
         init_input_bound: float | None = None,
@@ -133,12 +132,13 @@ class ParaRNNLayer(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"{self._label}: {what} must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{self._label}: {what} has unsupported dtype {x.dtype}; expected one of {SUPPORTED_DTYPES}")
+            raise TypeError(
+                f"{self._label}: {what} has unsupported dtype {x.dtype}; expected one of {SUPPORTED_DTYPES}"
+            )
         shape = "[batch, time, input_size]" if expected_rank == 3 else "[batch, input_size]"
         if x.dim() != expected_rank or x.shape[-1] != self.input_size:
             raise ValueError(
-                f"{self._label}: {what} must have shape {shape} with input_size={self.input_size}; "
-                f"got {tuple(x.shape)}"
+                f"{self._label}: {what} must have shape {shape} with input_size={self.input_size}; got {tuple(x.shape)}"
             )
         param_dtype = self.B.dtype
         if x.dtype != param_dtype and not torch.is_autocast_enabled(x.device.type):
@@ -155,11 +155,15 @@ class ParaRNNLayer(nn.Module):
         names = self.cell.STATE_ROWS
         if k == 1:
             if not isinstance(state, Tensor):
-                raise TypeError(f"{self._label}: initial_state must be a tensor h [batch, {N}], got {type(state).__name__}")
+                raise TypeError(
+                    f"{self._label}: initial_state must be a tensor h [batch, {N}], got {type(state).__name__}"
+                )
             rows = (state,)
         else:
             if not (isinstance(state, (tuple, list)) and len(state) == k and all(isinstance(t, Tensor) for t in state)):
-                raise TypeError(f"{self._label}: initial_state must be a tuple of {k} tensors {names}, each [batch, {N}]")
+                raise TypeError(
+                    f"{self._label}: initial_state must be a tuple of {k} tensors {names}, each [batch, {N}]"
+                )
             rows = tuple(state)
         for name, t in zip(names, rows):
             if tuple(t.shape) != (batch, N):

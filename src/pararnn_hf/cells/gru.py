@@ -57,9 +57,7 @@ def jacobian(prev: Tensor, g: GRUGates, A: Tensor, C: Tensor | None = None) -> T
     return J.unsqueeze(-3)
 
 
-def vjp(
-    prev: Tensor, g: GRUGates, A: Tensor, C: Tensor | None, lam: Tensor
-) -> tuple[Tensor, Tensor, None, Tensor]:
+def vjp(prev: Tensor, g: GRUGates, A: Tensor, C: Tensor | None, lam: Tensor) -> tuple[Tensor, Tensor, None, Tensor]:
     """Pull ``lam = dL/dh'`` back through one step.
 
     Returns ``(dL/du, dL/dA summed over leading dims, None, dL/dh)``.

@@ -69,9 +69,7 @@ def jacobian(prev: Tensor, g: LSTMGates, A: Tensor, C: Tensor) -> Tensor:
     return torch.stack([row_c, row_h], dim=-3)
 
 
-def vjp(
-    prev: Tensor, g: LSTMGates, A: Tensor, C: Tensor, lam: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def vjp(prev: Tensor, g: LSTMGates, A: Tensor, C: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Pull ``lam = dL/d(c', h')`` back through one step.
 
     Returns ``(dL/du, dL/dA, dL/dC, dL/d(c, h))``; dA and dC are summed over leading dims.

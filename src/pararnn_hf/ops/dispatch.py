@@ -17,11 +17,22 @@ logger = logging.getLogger("pararnn_hf")
 _logged: set[tuple[str, str]] = set()
 
 # On CPU the loop does one cell evaluation per step while Newton does 4-6 over the whole
-# sequence plus scans, and both run on the same cores, so the loop wins once a step has
-# enough elements to amortise PyTorch's per-op overhead (a few microseconds). Below this
-# many state elements per step (batch * rows * N) the parallel solve is faster. Measured
-# with benchmarks/bench_cells.py on a 2-core x86 CPU; see BENCHMARKS.md.
-CPU_LOOP_MIN_STEP_ELEMENTS = 2048
+# sequence plus scans on the same cores, so the loop wins once a step has enough elements
+# to amortise PyTorch's per-op overhead (a few microseconds). With e = batch * state rows
+# * N elements per step, the parallel solve is faster for e <= 128 at any length, and for
+# e <= 512 once the sequence is long enough to amortise Newton's fixed cost (forward and
+# forward+backward alike; 2-core x86 CPU, tuned allocator; BENCHMARKS.md, "CPU crossover").
+CPU_NEWTON_MAX_STEP_ELEMENTS = 128
+CPU_NEWTON_LONG_MAX_STEP_ELEMENTS = 512
+CPU_NEWTON_LONG_MIN_T = 256
+
+
+def _cpu_prefers_newton(T: int, step_elements: int) -> bool:
+    if T == 1:
+        return False
+    if step_elements <= CPU_NEWTON_MAX_STEP_ELEMENTS:
+        return True
+    return step_elements <= CPU_NEWTON_LONG_MAX_STEP_ELEMENTS and T >= CPU_NEWTON_LONG_MIN_T
 
 
 def check_backend(backend: str) -> str:
@@ -37,10 +48,8 @@ def select_method(backend: str, u: Tensor, state_rows: int) -> str:
     if backend == "sequential":
         return "sequential"
     B, T, _, N = u.shape
-    if u.device.type == "cpu" and T > 1 and B * state_rows * N < CPU_LOOP_MIN_STEP_ELEMENTS:
-        method = "newton"
-    elif u.device.type == "cpu":
-        method = "sequential"
+    if u.device.type == "cpu":
+        method = "newton" if _cpu_prefers_newton(T, B * state_rows * N) else "sequential"
     else:
         method = "newton"
     key = (u.device.type, method)

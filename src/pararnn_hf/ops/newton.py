@@ -53,7 +53,7 @@ def newton_solve(
     s0: Tensor,
     mask: Tensor | None = None,
     keep: Tensor | None = None,
-    max_iterations: int = 6,
+    max_iterations: int = 8,
     tolerance: float | None = None,
 ) -> tuple[Tensor, SolveInfo]:
     tol = default_tolerance(u.dtype) if tolerance is None else tolerance
@@ -82,7 +82,11 @@ def newton_solve(
     info.fallback_from = t0
     start = s0 if t0 == 0 else s[:, t0 - 1]
     tail = sequential_solve(
-        cell, u[:, t0:], A, C, start,
+        cell,
+        u[:, t0:],
+        A,
+        C,
+        start,
         None if mask is None else mask[:, t0:],
         None if keep is None else keep[:, t0:],
     )

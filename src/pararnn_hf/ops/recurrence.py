@@ -33,7 +33,7 @@ def solve(
     mask: Tensor | None = None,
     keep: Tensor | None = None,
     method: str = "newton",
-    max_iterations: int = 6,
+    max_iterations: int = 8,
     tolerance: float | None = None,
 ) -> tuple[Tensor, SolveInfo]:
     """All states ``[B, T, k, N]`` from ``u`` ``[B, T, G, N]`` and ``s0`` ``[B, k, N]``.

@@ -1,0 +1,193 @@
+"""Parallel Newton vs the exact sequential solve (float64 reference), with initial states,
+padding masks, document resets, non-convergence and non-finite inputs.
+
+Tolerances: float64 1e-10 relative (Newton stops at a residual of 1e-11 relative to the
+state scale, and the scan adds only rounding); float32 1e-5 relative against the float64
+reference (fp32 rounding over thousands of steps of a contractive recurrence is ~1e-6;
+the sequential fp32 loop is held to the same bound).
+"""
+
+import warnings
+
+import pytest
+import torch
+
+from helpers import reference_forward, rel_err
+from pararnn_hf import ParaGRU, ParaLSTM, ParaRNNConvergenceWarning
+
+LAYERS = {"gru": ParaGRU, "lstm": ParaLSTM}
+
+CASES = [
+    # (T, batch, input, state, heads)
+    (1, 1, 8, 8, 1),
+    (2, 3, 8, 8, 2),
+    (63, 3, 96, 96, 4),
+    (64, 1, 120, 120, 3),
+    (1000, 3, 96, 120, 4),
+    (4096, 1, 8, 8, 1),
+    (4096, 3, 120, 96, 2),
+]
+
+
+def make(name, inp, state, heads, dtype, backend="torch", recurrent_std=0.3, **kw):
+    layer = LAYERS[name](
+        inp, state, num_heads=heads, backend=backend, init_recurrent_std=recurrent_std, dtype=dtype, **kw
+    )
+    with torch.no_grad():
+        layer.b.add_(0.3 * torch.randn_like(layer.b))  # move off the symmetric init
+    return layer
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+@pytest.mark.parametrize("T,batch,inp,state,heads", CASES)
+def test_newton_matches_sequential_float64(name, T, batch, inp, state, heads):
+    layer = make(name, inp, state, heads, torch.float64)
+    x = torch.randn(batch, T, inp, dtype=torch.float64)
+    h0 = torch.randn(batch, state, dtype=torch.float64) * 0.5
+    init = h0 if name == "gru" else (h0, 0.5 * h0)
+    y_ref, s_ref = reference_forward(layer, x, init)
+    for backend in ("torch", "sequential", "auto"):
+        layer.backend = backend
+        y, state_out = layer(x, initial_state=init, return_state=True)
+        assert rel_err(y, y_ref) < 1e-10, backend
+        final = state_out.unsqueeze(-2) if name == "gru" else torch.stack(state_out, dim=-2)
+        assert rel_err(final, s_ref) < 1e-10, backend
+        assert layer.last_solve_info.converged
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+@pytest.mark.parametrize("T,batch,inp,state,heads", [CASES[0], CASES[2], CASES[4], CASES[6]])
+def test_newton_float32_close_to_float64_reference(name, T, batch, inp, state, heads):
+    layer = make(name, inp, state, heads, torch.float32)
+    x = torch.randn(batch, T, inp)
+    y_ref, _ = reference_forward(layer, x)
+    y_newton = layer(x)
+    assert layer.last_solve_info.method == "newton" and layer.last_solve_info.converged
+    layer.backend = "sequential"
+    y_loop = layer(x)
+    assert rel_err(y_newton, y_ref) < 1e-5
+    assert rel_err(y_loop, y_ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+@pytest.mark.parametrize("backend", ["torch", "sequential"])
+def test_left_padded_row_equals_unpadded(name, backend):
+    layer = make(name, 12, 10, 2, torch.float64, backend=backend)
+    T, pad = 40, 7
+    x = torch.randn(2, T, 12, dtype=torch.float64)
+    x[1, :pad] = torch.randn(pad, 12, dtype=torch.float64) * 10  # garbage under the padding
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[1, :pad] = 0
+    y, state = layer(x, mask=mask, return_state=True)
+    y_alone, state_alone = layer(x[1:, pad:], return_state=True)
+    assert rel_err(y[1, pad:], y_alone[0]) < 1e-12
+    assert torch.all(y[1, :pad] == 0)  # identity steps from the zero state
+    finals = (state,) if name == "gru" else state
+    alones = (state_alone,) if name == "gru" else state_alone
+    for f, a in zip(finals, alones):
+        assert rel_err(f[1], a[0]) < 1e-12
+    # the unpadded row is unaffected by the other row's mask
+    assert rel_err(y[0], layer(x[:1])[0]) < 1e-12
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_right_padding_carries_the_last_real_state(name):
+    layer = make(name, 8, 8, 1, torch.float64)
+    x = torch.randn(1, 20, 8, dtype=torch.float64)
+    mask = torch.ones(1, 20)
+    mask[:, 15:] = 0
+    y, state = layer(x, mask=mask, return_state=True)
+    _, state_short = layer(x[:, :15], return_state=True)
+    finals = (state,) if name == "gru" else state
+    shorts = (state_short,) if name == "gru" else state_short
+    for f, s in zip(finals, shorts):
+        assert rel_err(f, s) < 1e-13
+    assert torch.equal(y[:, 15:], y[:, 14:15].expand(1, 5, 8))
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+@pytest.mark.parametrize("backend", ["torch", "sequential"])
+def test_packed_documents_with_resets_equal_separate_runs(name, backend):
+    layer = make(name, 9, 15, 3, torch.float64, backend=backend)
+    lengths = [5, 1, 17, 9]
+    docs = [torch.randn(1, n, 9, dtype=torch.float64) for n in lengths]
+    packed = torch.cat(docs, dim=1)
+    resets = torch.zeros(1, sum(lengths), dtype=torch.bool)
+    starts = torch.tensor([0] + lengths[:-1]).cumsum(0)
+    resets[0, starts] = True
+    h0 = torch.randn(1, 15, dtype=torch.float64)  # reset at t=0 must also drop the initial state
+    init = h0 if name == "gru" else (h0, h0)
+    y_packed = layer(packed, initial_state=init, resets=resets)
+    y_separate = torch.cat([layer(d) for d in docs], dim=1)
+    assert rel_err(y_packed, y_separate) < 1e-12
+
+
+def expansive_layer(name):
+    layer = make(name, 8, 16, 1, torch.float64, recurrent_std=6.0, newton_max_iterations=3)
+    with torch.no_grad():
+        layer.B.mul_(4)
+    return layer
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_non_converging_newton_falls_back_to_exact_loop_and_warns(name):
+    layer = expansive_layer(name)
+    x = torch.randn(2, 300, 8, dtype=torch.float64)
+    y_ref, _ = reference_forward(layer, x)
+    with pytest.warns(ParaRNNConvergenceWarning, match="did not converge"):
+        y = layer(x)
+    info = layer.last_solve_info
+    assert not info.converged and info.fallback_from is not None and info.fallback_from >= 3
+    assert rel_err(y, y_ref) < 1e-10
+    # warned once per layer, still exact afterwards
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ParaRNNConvergenceWarning)
+        assert rel_err(layer(x), y_ref) < 1e-10
+
+
+def test_more_iterations_remove_the_fallback():
+    layer = make("gru", 8, 16, 1, torch.float32, recurrent_std=0.3, newton_max_iterations=2)
+    x = torch.randn(2, 500, 8)
+    with pytest.warns(ParaRNNConvergenceWarning):
+        layer(x)
+    layer.newton_max_iterations = 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ParaRNNConvergenceWarning)
+        layer(x)
+    assert layer.last_solve_info.converged and layer.last_solve_info.iterations > 2
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+@pytest.mark.parametrize("backend", ["torch", "sequential"])
+def test_non_finite_values_raise_naming_the_layer(name, backend):
+    layer = make(name, 8, 8, 1, torch.float32, backend=backend)
+    layer.layer_name = "model.layers.3.mixer.cell"
+    x = torch.randn(1, 10, 8)
+    bad = x.clone()
+    bad[0, 4, 2] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"model\.layers\.3\.mixer\.cell: input x contains NaN"):
+        layer(bad)
+    with torch.no_grad():
+        layer.A[1, 3] = float("inf")
+    with pytest.raises(FloatingPointError, match="parameter A contains NaN or Inf"):
+        layer(x)
+
+
+def test_nan_under_padding_is_ignored():
+    layer = make("gru", 8, 8, 1, torch.float32)
+    x = torch.randn(1, 10, 8)
+    x[0, :3] = float("nan")
+    mask = torch.ones(1, 10)
+    mask[0, :3] = 0
+    y = layer(x, mask=mask)
+    assert torch.isfinite(y).all()
+    assert rel_err(y[0, 3:], layer(x[:, 3:])[0]) < 1e-6
+
+
+def test_auto_picks_newton_for_small_steps_and_loop_for_large_on_cpu():
+    small = make("gru", 8, 8, 1, torch.float32, backend="auto")
+    small(torch.randn(1, 50, 8))
+    assert small.last_solve_info.method == "newton"
+    big = make("gru", 256, 256, 1, torch.float32, backend="auto")
+    big(torch.randn(4, 50, 256))
+    assert big.last_solve_info.method == "sequential"
