@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,25 @@ from .ops.transition import Transition
 State = Tensor | tuple[Tensor, Tensor]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class _TorchInit:
+    """The in-place initialisers ``reset_parameters`` uses outside Hugging Face models."""
+
+    @staticmethod
+    @torch.no_grad()
+    def normal_(t: Tensor, mean: float, std: float) -> Tensor:
+        return t.normal_(mean, std)
+
+    @staticmethod
+    @torch.no_grad()
+    def uniform_(t: Tensor, a: float, b: float) -> Tensor:
+        return t.uniform_(a, b)
+
+    @staticmethod
+    @torch.no_grad()
+    def copy_(t: Tensor, other: Tensor) -> Tensor:
+        return t.copy_(other)
 
 
 class ParaRNNConvergenceWarning(RuntimeWarning):
@@ -87,19 +107,25 @@ class ParaRNNLayer(nn.Module):
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------- init
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Reference initialisation (SPEC §2), each part overridable in the constructor."""
+    def reset_parameters(self, init: Any = None) -> None:
+        """Reference initialisation (SPEC §2), each part overridable in the constructor.
+
+        ``init`` provides ``normal_``, ``uniform_`` and ``copy_`` (default: plain torch);
+        the Hugging Face models pass ``transformers.initialization`` so that weights loaded
+        from a checkpoint are not re-initialised.
+        """
+        init = init or _TorchInit
         N, d_head = self.state_size, self.input_size // self.num_heads
         std = self.init_recurrent_std if self.init_recurrent_std is not None else 2 / math.sqrt(5 * N)
         bound = self.init_input_bound if self.init_input_bound is not None else math.sqrt(6 / (d_head + N))
-        self.A.normal_(0.0, std)
+        init.normal_(self.A, 0.0, std)
         if self.C is not None:
-            self.C.normal_(0.0, std)
-        self.B.uniform_(-bound, bound)
-        self.b.zero_()
+            init.normal_(self.C, 0.0, std)
+        init.uniform_(self.B, -bound, bound)
         lo, hi = self.init_gate_bias
-        self.b[0].copy_(-torch.linspace(lo, hi, N, dtype=torch.float64))
+        bias = torch.zeros(self.b.shape, dtype=torch.float64)
+        bias[0] = -torch.linspace(lo, hi, N, dtype=torch.float64)
+        init.copy_(self.b, bias)
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,166 @@
+"""ParaRNN model configuration (SPEC §5).
+
+Self-contained (imports only transformers): it is copied verbatim into saved model folders
+so that ``trust_remote_code=True`` loading works without ``pararnn_hf`` installed.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+CELLS = ("gru", "lstm")
+# Kept in step with pararnn_hf.ops.dispatch.BACKENDS (a test checks it); this file must not
+# import the package.
+BACKENDS = ("auto", "torch", "sequential")
+
+
+def _default_intermediate_size(hidden_size: int) -> int:
+    """SwiGLU width: 8/3 of the model width, rounded up to a multiple of 64."""
+    return -(-8 * hidden_size // 3 // 64) * 64
+
+
+class ParaRNNConfig(PretrainedConfig):
+    r"""Configuration of a ParaRNN (ParaGRU / ParaLSTM) language model.
+
+    Each layer is a pre-norm residual mixer (RMSNorm -> in_proj -> causal depthwise conv ->
+    SiLU -> recurrent cell -> RMSNorm(h) * SiLU(gate) -> out_proj) followed by a pre-norm
+    residual SwiGLU MLP.
+
+    Args:
+        vocab_size: tokens in the vocabulary.
+        hidden_size: model width d.
+        num_hidden_layers: number of (mixer + MLP) layers.
+        cell: ``"gru"`` (ParaGRU) or ``"lstm"`` (ParaLSTM).
+        expand: the cell width is ``expand * hidden_size``.
+        num_heads: heads of the cell's block-diagonal input projection.
+        conv_kernel: width of the causal depthwise convolution before the cell.
+        intermediate_size: SwiGLU hidden width (default: 8/3 d rounded up to 64).
+        rms_norm_eps: epsilon of every RMSNorm.
+        initializer_range: std of the Linear and Embedding initialisation.
+        tie_word_embeddings: share the embedding matrix with the LM head.
+        use_cache: return the recurrent cache for generation.
+        max_position_embeddings: a training/evaluation context hint only; the model has no
+            positional limit.
+        newton_max_iterations: cap on Newton iterations before the exact fallback.
+        newton_tolerance: residual tolerance (None: 4e-6 for fp32, 1e-11 for fp64).
+        backend: ``"auto"``, ``"torch"`` or ``"sequential"``.
+        prefill_chunk_size: when set, prompts longer than this are prefilled in chunks of
+            this many tokens, carrying the recurrent state (bounded memory, same result).
+        init_recurrent_std, init_input_bound, init_gate_bias: cell initialisation
+            (None: the reference defaults ``2/sqrt(5N)``, ``sqrt(6/(D/H + N))``, ``(0, 1)``).
+    """
+
+    model_type = "pararnn"
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 1024,
+        num_hidden_layers: int = 24,
+        cell: str = "gru",
+        expand: int = 1,
+        num_heads: int = 4,
+        conv_kernel: int = 4,
+        intermediate_size: int | None = None,
+        rms_norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = True,
+        use_cache: bool = True,
+        max_position_embeddings: int = 2048,
+        newton_max_iterations: int = 8,
+        newton_tolerance: float | None = None,
+        backend: str = "auto",
+        prefill_chunk_size: int | None = None,
+        init_recurrent_std: float | None = None,
+        init_input_bound: float | None = None,
+        init_gate_bias: tuple[float, float] | list[float] = (0.0, 1.0),
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **kwargs,
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.cell = cell
+        self.expand = expand
+        self.num_heads = num_heads
+        self.conv_kernel = conv_kernel
+        self.intermediate_size = (
+            intermediate_size if intermediate_size is not None else _default_intermediate_size(hidden_size)
+        )
+        self.rms_norm_eps = rms_norm_eps
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+        self.max_position_embeddings = max_position_embeddings
+        self.newton_max_iterations = newton_max_iterations
+        self.newton_tolerance = newton_tolerance
+        self.backend = backend
+        self.prefill_chunk_size = prefill_chunk_size
+        self.init_recurrent_std = init_recurrent_std
+        self.init_input_bound = init_input_bound
+        self.init_gate_bias = list(init_gate_bias)
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.validate_pararnn()
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.hidden_size
+
+    def validate_pararnn(self) -> None:
+        """Raise ``ValueError`` naming the offending key for an unusable configuration."""
+        for key in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "expand",
+            "num_heads",
+            "conv_kernel",
+            "intermediate_size",
+            "newton_max_iterations",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ParaRNNConfig: {key} must be a positive int, got {value!r}")
+        if self.cell not in CELLS:
+            raise ValueError(f"ParaRNNConfig: cell must be one of {CELLS}, got {self.cell!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"ParaRNNConfig: backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.d_inner % self.num_heads:
+            raise ValueError(
+                f"ParaRNNConfig: the cell width expand * hidden_size = {self.d_inner} must be divisible by "
+                f"num_heads = {self.num_heads}"
+            )
+        for key in ("rms_norm_eps", "initializer_range"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"ParaRNNConfig: {key} must be > 0, got {value!r}")
+        for key in ("newton_tolerance", "init_recurrent_std", "init_input_bound"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, (int, float)) or not value > 0):
+                raise ValueError(f"ParaRNNConfig: {key} must be > 0 or None, got {value!r}")
+        chunk = self.prefill_chunk_size
+        if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
+            raise ValueError(f"ParaRNNConfig: prefill_chunk_size must be a positive int or None, got {chunk!r}")
+        bias = self.init_gate_bias
+        if len(bias) != 2 or not all(isinstance(v, (int, float)) for v in bias):
+            raise ValueError(f"ParaRNNConfig: init_gate_bias must be two numbers (lo, hi), got {bias!r}")
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, key, None)
+            ids = value if isinstance(value, list) else [value]
+            for i in ids:
+                if i is not None and (not isinstance(i, int) or not 0 <= i < self.vocab_size):
+                    raise ValueError(
+                        f"ParaRNNConfig: {key} must be in [0, vocab_size={self.vocab_size}), got {value!r}"
+                    )
+
+
+__all__ = ["ParaRNNConfig"]

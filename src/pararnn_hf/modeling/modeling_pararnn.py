@@ -1,0 +1,416 @@
+"""ParaRNN language models for Hugging Face Transformers (SPEC §5, §6).
+
+This file is copied verbatim into saved model folders (with ``configuration_pararnn.py`` and
+a self-contained ``pararnn_core.py``), so it imports only torch, transformers and its two
+siblings. The recurrent layers come from ``pararnn_core``: the installed package (with its
+kernels) when it can be imported, else the pure-PyTorch copy bundled in the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_pararnn import ParaRNNConfig
+from .pararnn_core import CELL_CLASSES, core_source
+
+REMOTE_CODE_FILES = ("configuration_pararnn.py", "modeling_pararnn.py", "pararnn_core.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_pararnn.ParaRNNConfig",
+    "AutoModel": "modeling_pararnn.ParaRNNModel",
+    "AutoModelForCausalLM": "modeling_pararnn.ParaRNNForCausalLM",
+}
+
+
+# The standard outputs name the cache field ``cache`` from transformers 5.24 on and
+# ``past_key_values`` before; use whichever this installation has.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _output_with_cache(cls: type, cache: Any, **fields: Any):
+    return cls(**{CACHE_FIELD: cache}, **fields)
+
+
+class ParaRNNCache:
+    """The recurrent cache: per layer the conv tail (last ``conv_kernel - 1`` conv inputs) and
+    the cell state (h, or (c, h)) in fp32. O(1) in the context length.
+
+    Not a ``transformers.Cache``: those are key/value caches, and the stock "linear attention"
+    route drops or mishandles recurrent state on some 5.x releases (SPEC §6).
+    """
+
+    is_compileable = False  # its state tensors are replaced, not updated in place
+
+    def __init__(self, config: ParaRNNConfig, batch_size: int, dtype: torch.dtype, device: torch.device | str):
+        self.num_layers = config.num_hidden_layers
+        k = config.conv_kernel - 1
+        self.conv_states: list[torch.Tensor] = [
+            torch.zeros(batch_size, k, config.d_inner, dtype=dtype, device=device) for _ in range(self.num_layers)
+        ]
+        # Cell states start as None: the layers read None as the zero state.
+        self.rnn_states: list[Any] = [None] * self.num_layers
+        self.seen_tokens = 0
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Tokens consumed so far; generate() uses it to pass only the new tokens."""
+        return self.seen_tokens
+
+    @property
+    def is_linear(self) -> list[bool]:
+        # generate() (5.24) strips already-consumed prompt tokens only for caches whose layers
+        # are not "linear"; this cache counts consumed tokens exactly, so it wants the strip.
+        return [False] * self.num_layers
+
+    def _map(self, fn) -> None:
+        self.conv_states = [fn(t) for t in self.conv_states]
+        self.rnn_states = [
+            None if s is None else (fn(s) if isinstance(s, torch.Tensor) else tuple(fn(t) for t in s))
+            for s in self.rnn_states
+        ]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Select batch rows (beam search)."""
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map(lambda t: t[indices.to(t.device)])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+
+class ParaRNNRMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def causal_depthwise_conv(
+    xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, resets: torch.Tensor | None
+) -> torch.Tensor:
+    """``y_t = bias + sum_k weight[:, 0, k] * xp[t + k]`` for ``xp`` = [conv tail (K-1 steps);
+    x (T steps)], as ``nn.Conv1d`` computes it. Inputs from before a document reset at or
+    before t do not reach ``y_t``, so packed documents stay independent."""
+    K = weight.shape[-1]
+    B, T = xp.shape[0], xp.shape[1] - (K - 1)
+    if resets is not None:
+        doc = torch.cat([resets.new_zeros(B, K - 1, dtype=torch.long), resets.long().cumsum(1)], dim=1)
+    y = xp[:, K - 1 :] * weight[:, 0, K - 1]
+    for k in range(K - 1):
+        term = xp[:, k : k + T] * weight[:, 0, k]
+        if resets is not None:
+            term = term * (doc[:, k : k + T] == doc[:, K - 1 :]).unsqueeze(-1).to(xp.dtype)
+        y = y + term
+    return y if bias is None else y + bias
+
+
+class ParaRNNMixer(nn.Module):
+    """RMSNorm -> in_proj -> (x, g) -> causal conv -> SiLU -> cell -> RMSNorm(h) * SiLU(g) -> out_proj."""
+
+    def __init__(self, config: ParaRNNConfig, layer_idx: int):
+        super().__init__()
+        d, di = config.hidden_size, config.d_inner
+        self.layer_idx = layer_idx
+        self.norm = ParaRNNRMSNorm(d, config.rms_norm_eps)
+        self.in_proj = nn.Linear(d, 2 * di, bias=False)
+        self.conv = nn.Conv1d(di, di, config.conv_kernel, groups=di, bias=True)
+        self.cell = CELL_CLASSES[config.cell](
+            di,
+            di,
+            num_heads=config.num_heads,
+            backend=config.backend,
+            newton_max_iterations=config.newton_max_iterations,
+            newton_tolerance=config.newton_tolerance,
+            init_recurrent_std=config.init_recurrent_std,
+            init_input_bound=config.init_input_bound,
+            init_gate_bias=tuple(config.init_gate_bias),
+        )
+        self.cell.layer_name = f"model.layers.{layer_idx}.mixer.cell"
+        self.gate_norm = ParaRNNRMSNorm(di, config.rms_norm_eps)
+        self.out_proj = nn.Linear(di, d, bias=False)
+
+    def forward(self, hidden, mask, resets, conv_state, rnn_state):
+        x, g = self.in_proj(self.norm(hidden)).chunk(2, dim=-1)
+        if mask is not None:
+            x = x * mask.unsqueeze(-1).to(x.dtype)  # padding must not reach the conv
+        K = self.conv.kernel_size[0]
+        if conv_state is None:
+            conv_state = x.new_zeros(x.shape[0], K - 1, x.shape[-1])
+        xp = torch.cat([conv_state.to(x.dtype), x], dim=1)
+        new_conv_state = xp[:, xp.shape[1] - (K - 1) :]
+        x = F.silu(causal_depthwise_conv(xp, self.conv.weight, self.conv.bias, resets))
+        if x.shape[1] == 1 and mask is None and resets is None:
+            y, new_rnn_state = self.cell.step(x[:, 0], rnn_state)  # decoding: one O(1) step
+            y = y.unsqueeze(1)
+        else:
+            y, new_rnn_state = self.cell(x, initial_state=rnn_state, mask=mask, resets=resets, return_state=True)
+        out = self.out_proj(self.gate_norm(y) * F.silu(g))
+        return hidden + out, new_conv_state, new_rnn_state
+
+
+class ParaRNNMLP(nn.Module):
+    def __init__(self, config: ParaRNNConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ParaRNNBlock(GradientCheckpointingLayer):
+    """Pre-norm residual mixer, then pre-norm residual SwiGLU MLP."""
+
+    def __init__(self, config: ParaRNNConfig, layer_idx: int):
+        super().__init__()
+        self.mixer = ParaRNNMixer(config, layer_idx)
+        self.mlp_norm = ParaRNNRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = ParaRNNMLP(config)
+
+    def forward(self, hidden, mask=None, resets=None, conv_state=None, rnn_state=None):
+        hidden, conv_state, rnn_state = self.mixer(hidden, mask, resets, conv_state, rnn_state)
+        hidden = hidden + self.mlp(self.mlp_norm(hidden))
+        return hidden, conv_state, rnn_state
+
+
+class ParaRNNPreTrainedModel(PreTrainedModel):
+    config_class = ParaRNNConfig
+    config: ParaRNNConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ParaRNNBlock"]
+    _is_stateful = True
+    _supports_cache_class = False
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the model creates its own ParaRNNCache
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.Conv1d):
+            # PyTorch's default depthwise-conv init: U(+-1/sqrt(kernel)) for weight and bias
+            bound = 1.0 / module.kernel_size[0] ** 0.5
+            init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, ParaRNNRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, tuple(CELL_CLASSES.values())):
+            module.reset_parameters(init)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
+        """Also write ``auto_map`` and the self-contained modeling files, so the folder loads
+        with ``trust_remote_code=True`` where ``pararnn_hf`` is not installed."""
+        self.config.auto_map = dict(AUTO_MAP)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_remote_code(save_directory)
+        if push_to_hub:
+            repo_id = kwargs.get("repo_id") or os.path.basename(os.path.normpath(str(save_directory)))
+            self.push_to_hub(repo_id, token=kwargs.get("token"), max_shard_size=kwargs.get("max_shard_size", "5GB"))
+
+
+def write_remote_code(save_directory: str | os.PathLike) -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    texts = {
+        "configuration_pararnn.py": _read(os.path.join(here, "configuration_pararnn.py")),
+        "modeling_pararnn.py": _read(os.path.join(here, "modeling_pararnn.py")),
+        "pararnn_core.py": core_source(),
+    }
+    for name, text in texts.items():
+        with open(os.path.join(save_directory, name), "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+class ParaRNNModel(ParaRNNPreTrainedModel):
+    def __init__(self, config: ParaRNNConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList([ParaRNNBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = ParaRNNRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: ParaRNNCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        resets: torch.Tensor | None = None,
+        past_key_values: ParaRNNCache | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast | tuple:
+        """``attention_mask`` [B, L] (L >= T; the last T columns belong to ``input_ids``):
+        0 = padding, an identity step. ``resets`` [B, T] (bool): a new document starts at t
+        (packed training). ``cache``/``past_key_values``: a ``ParaRNNCache`` to continue from."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("ParaRNNModel: pass exactly one of input_ids or inputs_embeds")
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and not isinstance(cache, ParaRNNCache):
+            raise TypeError(f"ParaRNNModel: the cache must be a ParaRNNCache, got {type(cache).__name__}")
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # the cache would be written by the recomputation too
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+
+        hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = hidden.shape[:2]
+        mask = self._step_mask(attention_mask, B, T)
+        if resets is not None and tuple(resets.shape) != (B, T):
+            raise ValueError(f"ParaRNNModel: resets must have shape ({B}, {T}); got {tuple(resets.shape)}")
+        if use_cache and cache is None:
+            cache = ParaRNNCache(self.config, B, hidden.dtype, hidden.device)
+        if cache is not None and cache.conv_states[0].shape[0] != B:
+            raise ValueError(f"ParaRNNModel: the cache holds {cache.conv_states[0].shape[0]} rows, the input {B}")
+
+        chunk = self.config.prefill_chunk_size if cache is not None else None
+        bounds = [(s, min(s + chunk, T)) for s in range(0, T, chunk)] if chunk and T > chunk else [(0, T)]
+        all_hidden: list[list[torch.Tensor]] = [[] for _ in range(len(self.layers) + 1)]
+        outputs = []
+        for start, stop in bounds:
+            h = hidden[:, start:stop]
+            m = None if mask is None else mask[:, start:stop]
+            r = None if resets is None else resets[:, start:stop]
+            for i, layer in enumerate(self.layers):
+                all_hidden[i].append(h)
+                conv_state = cache.conv_states[i] if cache is not None else None
+                rnn_state = cache.rnn_states[i] if cache is not None else None
+                h, conv_state, rnn_state = layer(h, m, r, conv_state, rnn_state)
+                if cache is not None:
+                    cache.conv_states[i], cache.rnn_states[i] = conv_state, rnn_state
+            outputs.append(self.norm(h))
+            if cache is not None:
+                cache.seen_tokens += stop - start
+        last = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = tuple(torch.cat(parts, dim=1) for parts in all_hidden[:-1]) + (last,)
+        if not return_dict:
+            return tuple(v for v in (last, cache, hidden_states) if v is not None)
+        return _output_with_cache(
+            BaseModelOutputWithPast, cache if use_cache else None, last_hidden_state=last, hidden_states=hidden_states
+        )
+
+    @staticmethod
+    def _step_mask(attention_mask: torch.Tensor | None, B: int, T: int) -> torch.Tensor | None:
+        if attention_mask is None:
+            return None
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] < T:
+            raise ValueError(
+                f"ParaRNNModel: attention_mask must be 2-D [batch={B}, length >= {T}]; got {tuple(attention_mask.shape)}"
+            )
+        mask = attention_mask[:, -T:]
+        return None if bool(mask.all()) else mask
+
+
+class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: ParaRNNConfig):
+        super().__init__(config)
+        self.model = ParaRNNModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: ParaRNNCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        resets: torch.Tensor | None = None,
+        past_key_values: ParaRNNCache | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            resets=resets,
+        )
+        hidden = out.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        model_cache = getattr(out, CACHE_FIELD)
+        if not return_dict:
+            return tuple(v for v in (loss, logits, model_cache, out.hidden_states) if v is not None)
+        return _output_with_cache(
+            CausalLMOutputWithPast, model_cache, loss=loss, logits=logits, hidden_states=out.hidden_states
+        )
+
+
+__all__ = ["ParaRNNCache", "ParaRNNForCausalLM", "ParaRNNModel", "ParaRNNPreTrainedModel"]
