@@ -32,3 +32,52 @@ def reference_forward(layer, x, initial_state=None, mask=None, resets=None):
     C = None if layer.C is None else layer.C.double()
     s = sequential_solve(layer.cell, u, layer.A.double(), C, s0, m, keep)
     return s[..., -1, :], s[:, -1]
+
+
+def tiny_config(cell: str = "gru", **overrides):
+    from pararnn_hf import ParaRNNConfig
+
+    kwargs = dict(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        cell=cell,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        init_recurrent_std=0.3,
+    )
+    kwargs.update(overrides)
+    return ParaRNNConfig(**kwargs)
+
+
+def tiny_model(cell: str = "gru", seed: int = 0, **overrides):
+    from pararnn_hf import ParaRNNForCausalLM
+
+    torch.manual_seed(seed)
+    return ParaRNNForCausalLM(tiny_config(cell, **overrides)).eval()
+
+
+TOKENIZER_TEXT = (
+    "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, item):\n        self.items.append(item)\n"
+    "import os\nimport sys\nfor i in range(10):\n    print(i)\nwhile True:\n    break\n"
+) * 20
+
+
+def tiny_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained in memory, as PreTrainedTokenizerFast (ids 0-2 special)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([TOKENIZER_TEXT], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")

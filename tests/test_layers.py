@@ -1,8 +1,6 @@
 """ParaGRU / ParaLSTM module API: parameters and init, step(), dtypes, and clear errors."""
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -149,11 +147,6 @@ def test_bad_inputs_raise_clear_errors():
         gru.step(x)
     with pytest.raises(TypeError, match="initial_state must be a tensor h"):
         gru.step(x[:, 0], (torch.zeros(2, 6),))
-
-
-def test_cli_info_runs():
-    out = subprocess.run([sys.executable, "-m", "pararnn_hf.cli", "info"], capture_output=True, text=True, check=True)
-    assert "pararnn_hf" in out.stdout and "backends      auto, torch, sequential" in out.stdout
 
 
 def test_reference_helper_is_independent_of_backend_choice():

@@ -31,11 +31,74 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model_and_tokenizer(model_dir: str, dtype: str, device: str):
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import ParaRNNConfig  # noqa: F401  (registers the model type)
+
+    folder = Path(model_dir)
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"pararnn-hf: {model_dir} is not a saved model folder (no config.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"pararnn-hf: no usable tokenizer in {model_dir}: {err}") from None
+    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        dtype
+    ]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device).eval()
+    return model, tokenizer
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import TextStreamer
+
+    model, tokenizer = _load_model_and_tokenizer(args.model, args.dtype, args.device)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    inputs = tokenizer([args.prompt], return_tensors="pt").to(args.device)
+    streamer = TextStreamer(tokenizer, skip_special_tokens=True) if args.num_beams == 1 else None
+    output = model.generate(
+        **inputs,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        num_beams=args.num_beams,
+        repetition_penalty=args.repetition_penalty,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        streamer=streamer,
+    )
+    if streamer is None:  # beam search cannot stream: print the winner
+        print(tokenizer.decode(output[0], skip_special_tokens=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pararnn-hf", description="ParaRNN language models for Hugging Face")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, devices and available backends")
     info.set_defaults(func=cmd_info)
+
+    gen = sub.add_parser("generate", help="generate text from a saved model, streamed as it is produced")
+    gen.add_argument("--model", required=True, help="a saved model folder (with its tokenizer)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=100)
+    gen.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=50)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--num-beams", type=int, default=1)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="float32")
+    gen.add_argument("--device", default="cpu")
+    gen.set_defaults(func=cmd_generate)
     return parser
 
 

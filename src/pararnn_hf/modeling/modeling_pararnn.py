@@ -344,7 +344,8 @@ class ParaRNNModel(ParaRNNPreTrainedModel):
             return None
         if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] < T:
             raise ValueError(
-                f"ParaRNNModel: attention_mask must be 2-D [batch={B}, length >= {T}]; got {tuple(attention_mask.shape)}"
+                f"ParaRNNModel: attention_mask must be 2-D [batch={B}, length >= {T}]; "
+                f"got {tuple(attention_mask.shape)}"
             )
         mask = attention_mask[:, -T:]
         return None if bool(mask.all()) else mask

@@ -1,0 +1,242 @@
+"""Prefill and decode throughput and peak memory vs context length: ParaGRU and ParaLSTM
+against transformers' LlamaForCausalLM and Mamba2ForCausalLM of about the same size.
+
+Each (model, context) is measured in a fresh subprocess so its peak memory is its own:
+peak RSS growth on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Prefill = one forward
+over the prompt building the cache; decode = the time per token inside ``generate()`` after
+that prompt (greedy, ``--new-tokens`` forced), read from a streamer that timestamps every token
+as generate() emits it, so the prefill is excluded. Batch 1.
+
+Usage:
+  python benchmarks/bench_generate.py                      # CPU, ~4.3M-parameter models
+  python benchmarks/bench_generate.py --device cuda --size 400m --dtype bfloat16 [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+MODELS = ("pararnn-gru", "pararnn-lstm", "llama", "mamba2")
+SIZES = {
+    # vocab, hidden, ParaRNN / Llama layers, Mamba2 layers (matched parameter counts)
+    "5m": dict(vocab=4096, hidden=256, layers=4, mamba_layers=8, heads=4, intermediate=704),
+    "400m": dict(vocab=32000, hidden=1024, layers=24, mamba_layers=48, heads=16, intermediate=2816),
+}
+
+
+def build(name: str, size: str, max_len: int):
+    from transformers import LlamaConfig, LlamaForCausalLM, Mamba2Config, Mamba2ForCausalLM
+
+    from pararnn_hf import ParaRNNConfig, ParaRNNForCausalLM  # importing registers the classes
+
+    s = SIZES[size]
+    if name.startswith("pararnn"):
+        cfg = ParaRNNConfig(
+            vocab_size=s["vocab"],
+            hidden_size=s["hidden"],
+            num_hidden_layers=s["layers"],
+            num_heads=4,
+            intermediate_size=s["intermediate"],
+            cell=name.split("-")[1],
+        )
+        return ParaRNNForCausalLM(cfg)
+    if name == "llama":
+        cfg = LlamaConfig(
+            vocab_size=s["vocab"],
+            hidden_size=s["hidden"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            num_key_value_heads=s["heads"],
+            intermediate_size=s["intermediate"],
+            max_position_embeddings=max_len,
+            tie_word_embeddings=True,
+        )
+        return LlamaForCausalLM(cfg)
+    cfg = Mamba2Config(
+        vocab_size=s["vocab"],
+        hidden_size=s["hidden"],
+        num_hidden_layers=s["mamba_layers"],
+        expand=2,
+        head_dim=64,
+        num_heads=2 * s["hidden"] // 64,
+        state_size=64,
+        n_groups=1,
+        tie_word_embeddings=True,
+    )
+    return Mamba2ForCausalLM(cfg)
+
+
+class TimingStreamer:
+    """generate() calls put() with the prompt, then once per new token: timestamp each."""
+
+    def __init__(self, sync):
+        self.sync, self.times = sync, []
+
+    def put(self, value) -> None:
+        self.sync()
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def seconds_per_token(self) -> float:
+        # times[0]: prompt (before prefill); times[1]: first new token (after prefill)
+        return (self.times[-1] - self.times[1]) / (len(self.times) - 2)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def worker(args: argparse.Namespace) -> None:
+    from pararnn_hf.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    model = build(args.model, args.size, args.context + args.new_tokens + 8).to(device=device, dtype=dtype).eval()
+    if args.prefill_chunk_size and args.model.startswith("pararnn"):
+        model.config.prefill_chunk_size = args.prefill_chunk_size
+    if args.compile:
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", dynamic=True)
+    params = sum(p.numel() for p in model.parameters())
+    vocab = model.config.vocab_size
+    prompt = torch.randint(3, vocab, (1, args.context), device=device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.inference_mode():
+        model(prompt, use_cache=True, logits_to_keep=1)  # warm-up (and compilation, with --compile)
+        sync()
+        base_rss = _rss_mb()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base_cuda = torch.cuda.memory_allocated()
+        prefill = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            model(prompt, use_cache=True, logits_to_keep=1)
+            sync()
+            prefill.append(time.perf_counter() - t0)
+        prefill_s = statistics.median(prefill)
+        gen_kwargs = dict(
+            max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0
+        )
+        model.generate(prompt[:, :16], **gen_kwargs)  # warm-up of the decode path
+        streamer = TimingStreamer(sync)
+        model.generate(prompt, streamer=streamer, **gen_kwargs)
+    decode_s = streamer.seconds_per_token()
+    if device.type == "cuda":
+        peak_mb = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "context": args.context,
+                "params": params,
+                "prefill_tok_s": args.context / prefill_s,
+                "decode_tok_s": 1 / decode_s,
+                "decode_ms": decode_s * 1e3,
+                "peak_mb": max(peak_mb, 0.0),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", choices=sorted(SIZES), default="5m")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[512, 1024, 2048, 4096, 16384])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the forward (GPU)")
+    parser.add_argument("--prefill-chunk-size", type=int, default=None, help="ParaRNN prefill_chunk_size")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per (model, context)")
+    parser.add_argument("--out", default="benchmarks/results/bench_generate.json")
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "CONTEXT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.model, args.context = args.worker[0], int(args.worker[1])
+        worker(args)
+        return
+
+    print(
+        f"device={args.device} size={args.size} dtype={args.dtype} batch=1 new_tokens={args.new_tokens} "
+        f"compile={args.compile} prefill_chunk_size={args.prefill_chunk_size}"
+    )
+    print(f"{'model':<13} {'params':>7} {'context':>7} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak MB':>8}")
+    rows = []
+    for name in args.models:
+        for context in args.contexts:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                str(context),
+                "--device",
+                args.device,
+                "--size",
+                args.size,
+                "--dtype",
+                args.dtype,
+                "--new-tokens",
+                str(args.new_tokens),
+                "--repeats",
+                str(args.repeats),
+            ] + (["--compile"] if args.compile else [])
+            if args.prefill_chunk_size:
+                cmd += ["--prefill-chunk-size", str(args.prefill_chunk_size)]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                print(f"{name:<13} {'':>7} {context:>7} {'timeout':>14}")
+                rows.append({"model": name, "context": context, "error": "timeout"})
+                continue
+            if proc.returncode != 0:
+                err = (proc.stderr.strip().splitlines() or ["?"])[-1][:80]
+                print(f"{name:<13} {'':>7} {context:>7} failed: {err}")
+                rows.append({"model": name, "context": context, "error": err})
+                continue
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(
+                f"{name:<13} {row['params'] / 1e6:6.1f}M {context:>7} {row['prefill_tok_s']:>14,.0f} "
+                f"{row['decode_tok_s']:>13,.1f} {row['peak_mb']:>8.1f}"
+            )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.machine(),
+        "torch": torch.__version__,
+        "size": args.size,
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "prefill_chunk_size": args.prefill_chunk_size,
+    }
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

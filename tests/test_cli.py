@@ -1,0 +1,91 @@
+"""The `pararnn-hf` command line."""
+
+import subprocess
+import sys
+
+from helpers import tiny_model, tiny_tokenizer
+from pararnn_hf.cli import main
+
+
+def test_info_runs():
+    out = subprocess.run([sys.executable, "-m", "pararnn_hf.cli", "info"], capture_output=True, text=True, check=True)
+    assert "pararnn_hf" in out.stdout and "backends      auto, torch, sequential" in out.stdout
+
+
+def test_generate_streams_the_greedy_continuation(tmp_path, capsys):
+    model, tok = tiny_model("lstm"), tiny_tokenizer()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "import os", "--max-new-tokens", "7"]) == 0
+    printed = capsys.readouterr().out
+    expected = model.generate(
+        **tok(["import os"], return_tensors="pt"), max_new_tokens=7, do_sample=False, pad_token_id=0
+    )
+    assert printed.strip() == tok.decode(expected[0], skip_special_tokens=True).strip()
+
+
+def test_generate_with_beams_and_sampling_options(tmp_path, capsys):
+    model, tok = tiny_model("gru"), tiny_tokenizer()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert (
+        main(["generate", "--model", str(tmp_path), "--prompt", "def", "--num-beams", "3", "--max-new-tokens", "4"])
+        == 0
+    )
+    assert capsys.readouterr().out.startswith("def")
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tmp_path),
+                "--prompt",
+                "def",
+                "--do-sample",
+                "--seed",
+                "3",
+                "--top-k",
+                "5",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
+    first = capsys.readouterr().out
+    main(
+        [
+            "generate",
+            "--model",
+            str(tmp_path),
+            "--prompt",
+            "def",
+            "--do-sample",
+            "--seed",
+            "3",
+            "--top-k",
+            "5",
+            "--max-new-tokens",
+            "4",
+        ]
+    )
+    assert capsys.readouterr().out == first
+
+
+def test_generate_rejects_a_folder_without_a_model(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pararnn_hf.cli", "generate", "--model", str(tmp_path), "--prompt", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "is not a saved model folder (no config.json)" in proc.stderr
+
+
+def test_generate_rejects_a_model_without_tokenizer(tmp_path):
+    tiny_model("gru").save_pretrained(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pararnn_hf.cli", "generate", "--model", str(tmp_path), "--prompt", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "no usable tokenizer" in proc.stderr
