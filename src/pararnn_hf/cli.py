@@ -79,11 +79,71 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(argv: list[str]) -> int:
+    """Parsed by ``HfArgumentParser`` so every ``TrainingArguments`` field is a flag."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from .training import DataArguments, ModelArguments, run_training
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="pararnn-hf train")
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        summary = run_training(model_args, data_args, training_args)
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"pararnn-hf train: {err}") from None
+    print(
+        f"saved to {summary['output_dir']}; eval loss {summary['eval_loss']:.4f}, "
+        f"perplexity {summary['eval_perplexity']:.2f}; loss curves {summary['loss_plot']}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .training.demo import run_demo
+
+    try:
+        run_demo(
+            cell=args.cell,
+            steps=args.steps,
+            output=args.output,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            prompt=args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            overwrite=args.overwrite,
+            seed=args.seed,
+            data=args.data,
+            max_eval_sequences=args.max_eval_sequences,
+        )
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"pararnn-hf demo: {err}") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pararnn-hf", description="ParaRNN language models for Hugging Face")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, devices and available backends")
     info.set_defaults(func=cmd_info)
+
+    demo = sub.add_parser("demo", help="train a small ParaRNN on the built-in corpus, reload it, generate, evaluate")
+    demo.add_argument("--cell", choices=["gru", "lstm"], default="gru")
+    demo.add_argument("--steps", type=int, default=500)
+    demo.add_argument("--output", default="pararnn-demo")
+    demo.add_argument("--seq-len", type=int, default=256)
+    demo.add_argument("--batch-size", type=int, default=16)
+    demo.add_argument("--learning-rate", type=float, default=3e-3)
+    demo.add_argument("--prompt", default="def main(")
+    demo.add_argument("--max-new-tokens", type=int, default=80)
+    demo.add_argument("--data", nargs="+", default=None, help="local files/folders or hf:NAME instead of builtin")
+    demo.add_argument("--max-eval-sequences", type=int, default=None)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
+    demo.set_defaults(func=cmd_demo)
+
+    # listed for --help; its arguments are parsed by HfArgumentParser in cmd_train
+    sub.add_parser("train", help="pre-train or fine-tune with Trainer (every TrainingArguments flag accepted)")
 
     gen = sub.add_parser("generate", help="generate text from a saved model, streamed as it is produced")
     gen.add_argument("--model", required=True, help="a saved model folder (with its tokenizer)")
@@ -105,8 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from .runtime import tune_cpu_allocator
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     tune_cpu_allocator()
+    if argv[:1] == ["train"]:
+        return cmd_train(argv[1:])
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

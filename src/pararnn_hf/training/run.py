@@ -1,0 +1,152 @@
+"""``pararnn-hf train``: pre-training from a preset or config JSON, or fine-tuning a saved
+model, with transformers' ``Trainer`` on packed sequences with document resets."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainingArguments, default_data_collator
+
+from ..data import PackedDataset, load_corpus, load_or_train_tokenizer, tokenize_documents
+from ..modeling import ParaRNNConfig, ParaRNNForCausalLM
+from ..presets import PRESETS, preset_config
+from .trainer import LOSS_PLOT, LossPlotCallback, ParaRNNTrainer
+
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+@dataclass
+class ModelArguments:
+    preset: str | None = field(
+        default=None, metadata={"help": f"model size preset, one of {sorted(PRESETS)} (default: demo)"}
+    )
+    cell: str = field(default="gru", metadata={"help": "gru or lstm (with --preset or the default)"})
+    config: str | None = field(default=None, metadata={"help": "a ParaRNNConfig JSON file to train from scratch"})
+    model: str | None = field(default=None, metadata={"help": "a saved model folder to fine-tune"})
+    backend: str | None = field(default=None, metadata={"help": "override the config's solver backend"})
+
+
+@dataclass
+class DataArguments:
+    data: list[str] = field(
+        default_factory=lambda: ["builtin"],
+        metadata={"help": "builtin (the Python standard library), local files/folders, or hf:NAME[:CONFIG]"},
+    )
+    seq_len: int = field(default=256, metadata={"help": "training sequence length (tokens)"})
+    vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary when training a tokenizer"})
+    validation_percent: float = field(default=2.0, metadata={"help": "share of documents held out"})
+    max_eval_sequences: int | None = field(default=None, metadata={"help": "cap on evaluation sequences"})
+    overwrite: bool = field(default=False, metadata={"help": "allow writing into a folder that holds a model"})
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool) -> None:
+    """Refuse to write over a saved model unless asked to (or resuming in place)."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output {out} exists and is not a folder")
+    held = [f for f in MODEL_FILES if (out / f).exists()]
+    if held and not (overwrite or resuming):
+        raise FileExistsError(
+            f"{out} already holds a model ({', '.join(held)}); pass --overwrite to replace it or choose another folder"
+        )
+
+
+def build_model(model_args: ModelArguments, vocab_size: int, pad_id: int, eos_id: int) -> ParaRNNForCausalLM:
+    chosen = [k for k in ("preset", "config", "model") if getattr(model_args, k)]
+    if len(chosen) > 1:
+        raise ValueError(f"choose one of --preset, --config and --model (got {', '.join(chosen)})")
+    overrides = {"backend": model_args.backend} if model_args.backend else {}
+    if model_args.model:
+        return ParaRNNForCausalLM.from_pretrained(model_args.model, **overrides)
+    ids = dict(vocab_size=vocab_size, pad_token_id=pad_id, bos_token_id=eos_id, eos_token_id=eos_id)
+    if model_args.config:
+        path = Path(model_args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such config file: {path}")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        values.pop("model_type", None)
+        config = ParaRNNConfig(**{**values, **ids, **overrides})
+    else:
+        config = preset_config(model_args.preset or "demo", model_args.cell, **ids, **overrides)
+    return ParaRNNForCausalLM(config)
+
+
+def load_tokenizer(model_args: ModelArguments, corpus, vocab_size: int):
+    if model_args.model:
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(model_args.model)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{model_args.model} has no usable tokenizer to fine-tune with: {err}") from None
+    return load_or_train_tokenizer(corpus, vocab_size)
+
+
+def build_datasets(corpus, tokenizer, data_args: DataArguments, training_args: TrainingArguments):
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train = PackedDataset(tokenize_documents(tokenizer, corpus.train), data_args.seq_len)
+    evaluation = PackedDataset(
+        tokenize_documents(tokenizer, corpus.validation), data_args.seq_len, pad_last=True, pad_id=pad_id
+    )
+    if data_args.max_eval_sequences:
+        evaluation.tokens = evaluation.tokens[: data_args.max_eval_sequences]
+        evaluation.labels = evaluation.labels[: data_args.max_eval_sequences]
+        evaluation.resets = evaluation.resets[: data_args.max_eval_sequences]
+    global_batch = training_args.per_device_train_batch_size * max(1, training_args.world_size)
+    if len(train) < global_batch:
+        raise ValueError(
+            f"the training data makes {len(train)} sequences of {data_args.seq_len} tokens, fewer than one batch "
+            f"({global_batch}); lower --seq_len or --per_device_train_batch_size, or add data"
+        )
+    return train, evaluation
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> dict[str, Any]:
+    """Train, save the model and tokenizer into ``output_dir``, evaluate; returns a summary."""
+    resume = training_args.resume_from_checkpoint
+    check_output_dir(training_args.output_dir, data_args.overwrite, bool(resume))
+    corpus = load_corpus(data_args.data, data_args.validation_percent)
+    tokenizer = load_tokenizer(model_args, corpus, data_args.vocab_size)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_ds, eval_ds = build_datasets(corpus, tokenizer, data_args, training_args)
+    import torch
+
+    torch.manual_seed(training_args.seed)
+    model = build_model(model_args, len(tokenizer), pad_id, tokenizer.eos_token_id)
+    trainer = ParaRNNTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+        callbacks=[LossPlotCallback()],
+    )
+    result = trainer.train(resume_from_checkpoint=resume or None)
+    trainer.save_model(training_args.output_dir)
+    metrics = trainer.evaluate()
+    summary = {
+        "output_dir": str(Path(training_args.output_dir).resolve()),
+        "corpus": corpus.name,
+        "train_sequences": len(train_ds),
+        "train_tokens_per_epoch": len(train_ds) * data_args.seq_len,
+        "eval_target_tokens": eval_ds.num_target_tokens,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_loss": result.training_loss,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "eval_loss": metrics.get("eval_loss"),
+        "eval_perplexity": metrics.get("eval_perplexity", math.nan),
+        "loss_plot": str(Path(training_args.output_dir).resolve() / LOSS_PLOT),
+    }
+    if trainer.is_world_process_zero():
+        Path(training_args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
