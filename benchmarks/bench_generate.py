@@ -29,47 +29,42 @@ import torch
 
 MODELS = ("pararnn-gru", "pararnn-lstm", "llama", "mamba2")
 SIZES = {
-    # vocab, hidden, ParaRNN / Llama layers, Mamba2 layers (matched parameter counts)
-    "5m": dict(vocab=4096, hidden=256, layers=4, mamba_layers=8, heads=4, intermediate=704),
-    "400m": dict(vocab=32000, hidden=1024, layers=24, mamba_layers=48, heads=16, intermediate=2816),
+    # ParaRNN preset; Llama with the same width, depth and MLP; Mamba2 deepened to a similar count
+    "5m": dict(preset="demo", vocab=4096, heads=4, mamba_layers=8),
+    "400m": dict(preset="400m", vocab=32000, heads=16, mamba_layers=56),
 }
 
 
 def build(name: str, size: str, max_len: int):
     from transformers import LlamaConfig, LlamaForCausalLM, Mamba2Config, Mamba2ForCausalLM
 
-    from pararnn_hf import ParaRNNConfig, ParaRNNForCausalLM  # importing registers the classes
+    from pararnn_hf import ParaRNNForCausalLM  # importing registers the classes
+    from pararnn_hf.presets import PRESETS, preset_config
 
     s = SIZES[size]
+    shape = PRESETS[s["preset"]]
     if name.startswith("pararnn"):
-        cfg = ParaRNNConfig(
-            vocab_size=s["vocab"],
-            hidden_size=s["hidden"],
-            num_hidden_layers=s["layers"],
-            num_heads=4,
-            intermediate_size=s["intermediate"],
-            cell=name.split("-")[1],
-        )
-        return ParaRNNForCausalLM(cfg)
+        return ParaRNNForCausalLM(preset_config(s["preset"], name.split("-")[1], vocab_size=s["vocab"]))
     if name == "llama":
         cfg = LlamaConfig(
             vocab_size=s["vocab"],
-            hidden_size=s["hidden"],
-            num_hidden_layers=s["layers"],
+            hidden_size=shape["hidden_size"],
+            num_hidden_layers=shape["num_hidden_layers"],
             num_attention_heads=s["heads"],
             num_key_value_heads=s["heads"],
-            intermediate_size=s["intermediate"],
+            intermediate_size=shape["intermediate_size"],
             max_position_embeddings=max_len,
             tie_word_embeddings=True,
         )
         return LlamaForCausalLM(cfg)
+    d = shape["hidden_size"]
     cfg = Mamba2Config(
         vocab_size=s["vocab"],
-        hidden_size=s["hidden"],
+        hidden_size=d,
         num_hidden_layers=s["mamba_layers"],
         expand=2,
         head_dim=64,
-        num_heads=2 * s["hidden"] // 64,
+        num_heads=2 * d // 64,
         state_size=64,
         n_groups=1,
         tie_word_embeddings=True,

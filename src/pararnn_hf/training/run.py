@@ -141,6 +141,7 @@ def run_training(
         "train_tokens_per_epoch": len(train_ds) * data_args.seq_len,
         "eval_target_tokens": eval_ds.num_target_tokens,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "world_size": training_args.world_size,
         "train_loss": result.training_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "eval_loss": metrics.get("eval_loss"),
