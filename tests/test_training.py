@@ -43,9 +43,21 @@ def tiny_config_file(folder: Path, **overrides) -> str:
 
 
 def training_args(out, **kw) -> TrainingArguments:
-    base = dict(output_dir=str(out), max_steps=30, per_device_train_batch_size=4, per_device_eval_batch_size=4,
-                learning_rate=3e-3, logging_steps=5, eval_strategy="no", save_strategy="no", report_to="none",
-                use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    base = dict(
+        output_dir=str(out),
+        max_steps=30,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=3e-3,
+        logging_steps=5,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     return TrainingArguments(**{**base, **kw})
 
 
@@ -67,14 +79,19 @@ def test_training_lowers_the_loss_and_writes_plot_and_summary(tmp_path, corpus_d
 def test_resume_from_checkpoint_continues_with_identical_loss(tmp_path, corpus_dir):
     config = tiny_config_file(tmp_path, cell="lstm")
     data = DataArguments(data=[str(corpus_dir)], seq_len=48, vocab_size=512)
-    run_training(ModelArguments(config=config), data,
-                 training_args(tmp_path / "full", max_steps=10, logging_steps=1, save_strategy="steps", save_steps=5))
+    run_training(
+        ModelArguments(config=config),
+        data,
+        training_args(tmp_path / "full", max_steps=10, logging_steps=1, save_strategy="steps", save_steps=5),
+    )
     full = json.loads((tmp_path / "full" / "log_history.json").read_text())
     checkpoint = tmp_path / "full" / "checkpoint-5"
     assert checkpoint.is_dir()
-    run_training(ModelArguments(config=config), data,
-                 training_args(tmp_path / "resumed", max_steps=10, logging_steps=1,
-                               resume_from_checkpoint=str(checkpoint)))
+    run_training(
+        ModelArguments(config=config),
+        data,
+        training_args(tmp_path / "resumed", max_steps=10, logging_steps=1, resume_from_checkpoint=str(checkpoint)),
+    )
     resumed = json.loads((tmp_path / "resumed" / "log_history.json").read_text())
     after = {e["step"]: e["loss"] for e in full if "loss" in e and e["step"] > 5}
     again = {e["step"]: e["loss"] for e in resumed if "loss" in e and e["step"] > 5}
@@ -88,8 +105,11 @@ def test_output_folder_with_a_model_is_not_overwritten(tmp_path, corpus_dir):
     out.mkdir()
     (out / "config.json").write_text("{}")
     with pytest.raises(FileExistsError, match="already holds a model"):
-        run_training(ModelArguments(config=tiny_config_file(tmp_path)),
-                     DataArguments(data=[str(corpus_dir)], seq_len=32, vocab_size=300), training_args(out))
+        run_training(
+            ModelArguments(config=tiny_config_file(tmp_path)),
+            DataArguments(data=[str(corpus_dir)], seq_len=32, vocab_size=300),
+            training_args(out),
+        )
     assert (out / "config.json").read_text() == "{}"
 
 
@@ -102,16 +122,19 @@ def test_output_folder_with_a_model_is_not_overwritten(tmp_path, corpus_dir):
 )
 def test_data_that_does_not_fit_is_a_clear_error(tmp_path, corpus_dir, data_kw, train_kw, match):
     with pytest.raises(ValueError, match=match):
-        run_training(ModelArguments(config=tiny_config_file(tmp_path)),
-                     DataArguments(data=[str(corpus_dir)], vocab_size=300, **data_kw),
-                     training_args(tmp_path / "out", **train_kw))
+        run_training(
+            ModelArguments(config=tiny_config_file(tmp_path)),
+            DataArguments(data=[str(corpus_dir)], vocab_size=300, **data_kw),
+            training_args(tmp_path / "out", **train_kw),
+        )
 
 
 def test_bad_model_arguments(tmp_path, corpus_dir):
     data = DataArguments(data=[str(corpus_dir)], seq_len=32, vocab_size=300)
     with pytest.raises(ValueError, match="choose one of --preset, --config and --model"):
-        run_training(ModelArguments(preset="demo", config=tiny_config_file(tmp_path)), data,
-                     training_args(tmp_path / "a"))
+        run_training(
+            ModelArguments(preset="demo", config=tiny_config_file(tmp_path)), data, training_args(tmp_path / "a")
+        )
     with pytest.raises(FileNotFoundError, match="no such config file"):
         run_training(ModelArguments(config=str(tmp_path / "missing.json")), data, training_args(tmp_path / "b"))
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
@@ -119,21 +142,66 @@ def test_bad_model_arguments(tmp_path, corpus_dir):
 
 
 def test_cli_train_then_fine_tune(tmp_path, corpus_dir, capsys):
-    common = ["--data", str(corpus_dir), "--seq_len", "32", "--per_device_train_batch_size", "2",
-              "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"]
+    common = [
+        "--data",
+        str(corpus_dir),
+        "--seq_len",
+        "32",
+        "--per_device_train_batch_size",
+        "2",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "--disable_tqdm",
+        "true",
+    ]
     first = tmp_path / "pretrained"
-    assert main(["train", "--config", tiny_config_file(tmp_path), "--vocab_size", "400", "--max_steps", "3",
-                 "--output_dir", str(first), *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                tiny_config_file(tmp_path),
+                "--vocab_size",
+                "400",
+                "--max_steps",
+                "3",
+                "--output_dir",
+                str(first),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert "perplexity" in capsys.readouterr().out
     tuned = tmp_path / "tuned"
-    assert main(["train", "--model", str(first), "--max_steps", "2", "--learning_rate", "1e-4",
-                 "--output_dir", str(tuned), *common]) == 0
-    assert json.loads((tuned / "train_summary.json").read_text())["parameters"] == json.loads(
-        (first / "train_summary.json").read_text())["parameters"]
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(first),
+                "--max_steps",
+                "2",
+                "--learning_rate",
+                "1e-4",
+                "--output_dir",
+                str(tuned),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        json.loads((tuned / "train_summary.json").read_text())["parameters"]
+        == json.loads((first / "train_summary.json").read_text())["parameters"]
+    )
     with pytest.raises(SystemExit, match="already holds a model"):
         main(["train", "--model", str(first), "--max_steps", "1", "--output_dir", str(tuned), *common])
-    assert main(["train", "--model", str(first), "--max_steps", "1", "--output_dir", str(tuned), "--overwrite",
-                 *common]) == 0
+    assert (
+        main(["train", "--model", str(first), "--max_steps", "1", "--output_dir", str(tuned), "--overwrite", *common])
+        == 0
+    )
 
 
 def _losses(folder: Path) -> list[float]:
@@ -143,19 +211,73 @@ def _losses(folder: Path) -> list[float]:
 def test_two_process_gloo_run_matches_one_process(tmp_path, corpus_dir):
     """DDP over 2 CPU processes with 2 sequences each = 1 process with 4 (same global batch)."""
     config = tiny_config_file(tmp_path)
-    common = ["train", "--config", config, "--data", str(corpus_dir), "--seq_len", "48", "--vocab_size", "400",
-              "--max_steps", "4", "--logging_steps", "1", "--learning_rate", "3e-3", "--report_to", "none",
-              "--use_cpu", "--disable_tqdm", "true", "--seed", "0", "--dataloader_num_workers", "0"]
+    common = [
+        "train",
+        "--config",
+        config,
+        "--data",
+        str(corpus_dir),
+        "--seq_len",
+        "48",
+        "--vocab_size",
+        "400",
+        "--max_steps",
+        "4",
+        "--logging_steps",
+        "1",
+        "--learning_rate",
+        "3e-3",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "0",
+        "--dataloader_num_workers",
+        "0",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     single = tmp_path / "single"
-    subprocess.run([sys.executable, "-m", "pararnn_hf.cli", *common, "--per_device_train_batch_size", "4",
-                    "--output_dir", str(single)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pararnn_hf.cli",
+            *common,
+            "--per_device_train_batch_size",
+            "4",
+            "--output_dir",
+            str(single),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     ddp = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "pararnn_hf.cli", *common, "--per_device_train_batch_size", "2", "--ddp_backend", "gloo",
-         "--output_dir", str(ddp)],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "pararnn_hf.cli",
+            *common,
+            "--per_device_train_batch_size",
+            "2",
+            "--ddp_backend",
+            "gloo",
+            "--output_dir",
+            str(ddp),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert json.loads((ddp / "train_summary.json").read_text())["world_size"] == 2
@@ -169,15 +291,38 @@ def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, PARARNN_HF_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run(
-        [sys.executable, "-m", "pararnn_hf.cli", "demo", "--steps", "4", "--batch-size", "2", "--seq-len", "64",
-         "--max-eval-sequences", "2", "--max-new-tokens", "5", "--output", str(out)],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pararnn_hf.cli",
+            "demo",
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "64",
+            "--max-eval-sequences",
+            "2",
+            "--max-new-tokens",
+            "5",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "reloaded with AutoModelForCausalLM as ParaRNNForCausalLM" in proc.stdout
     assert "held-out loss" in proc.stdout and f"model + tokenizer : {out}" in proc.stdout
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["corpus"] == "builtin:python-stdlib" and math.isfinite(summary["eval_perplexity"])
-    again = subprocess.run([sys.executable, "-m", "pararnn_hf.cli", "demo", "--steps", "1", "--output", str(out)],
-                           capture_output=True, text=True, env=env)
+    again = subprocess.run(
+        [sys.executable, "-m", "pararnn_hf.cli", "demo", "--steps", "1", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert again.returncode != 0 and "already holds a model" in again.stderr

@@ -121,6 +121,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .conversion import ConversionError, from_llama, from_reference, to_reference
+
+    common = dict(overwrite=args.overwrite, show_progress=not args.no_progress)
+    try:
+        if args.direction == "from-reference":
+            report = from_reference(
+                args.out,
+                cells=args.cells,
+                lm=args.lm,
+                config=args.config,
+                base=args.base,
+                tokenizer=args.tokenizer,
+                dtype=args.dtype,
+                max_shard_size=args.max_shard_size,
+                seed=args.seed,
+                **common,
+            )
+            print(f"wrote {report['out']}; {report['rest']}; tokenizer files: {report['tokenizer'] or 'none'}")
+        elif args.direction == "to-reference":
+            index = to_reference(args.model, args.out, dtype=args.dtype, fmt=args.format, **common)
+            print(f"wrote {args.out}: {index['lm']} (LM layout), {len(index['cells'])} cell files, index.json")
+        else:
+            report = from_llama(
+                args.model,
+                args.out,
+                cell=args.cell,
+                num_heads=args.num_heads,
+                dtype=args.dtype,
+                max_shard_size=args.max_shard_size,
+                seed=args.seed,
+                **common,
+            )
+            print(
+                f"wrote {report['out']}: {report['layers']} layers, attention replaced by fresh Para"
+                f"{args.cell.upper()} mixers ({report['num_heads']} heads); tokenizer files: "
+                f"{report['tokenizer'] or 'none'}"
+            )
+    except (ConversionError, FileExistsError, FileNotFoundError, ValueError, OSError) as err:
+        raise SystemExit(f"pararnn-hf convert: {err}") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pararnn-hf", description="ParaRNN language models for Hugging Face")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +187,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     # listed for --help; its arguments are parsed by HfArgumentParser in cmd_train
     sub.add_parser("train", help="pre-train or fine-tune with Trainer (every TrainingArguments flag accepted)")
+
+    convert = sub.add_parser("convert", help="reference checkpoints <-> HF folders; upcycle Llama-style models")
+    directions = convert.add_subparsers(dest="direction", required=True)
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--out", required=True, help="the folder to write (must not exist unless --overwrite)")
+    shared.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"], default=None)
+    shared.add_argument("--overwrite", action="store_true")
+    shared.add_argument("--no-progress", action="store_true")
+    fr = directions.add_parser("from-reference", parents=[shared], help="reference weights -> HF folder")
+    fr.add_argument("--cells", nargs="+", help="cell state dicts: one file per layer, or one file for all layers")
+    fr.add_argument("--lm", help="a whole checkpoint in the reference LM training layout")
+    fr.add_argument("--config", help="ParaRNNConfig JSON (needed with --cells unless --base is given)")
+    fr.add_argument("--base", help="a saved ParaRNN folder giving the non-cell weights (and tokenizer)")
+    fr.add_argument("--tokenizer", help="a folder whose tokenizer files to copy")
+    fr.add_argument("--max-shard-size", default="5GB")
+    fr.add_argument("--seed", type=int, default=0, help="for freshly initialised non-cell weights")
+    to = directions.add_parser("to-reference", parents=[shared], help="HF folder -> reference layouts")
+    to.add_argument("--model", required=True)
+    to.add_argument("--format", choices=["safetensors", "pt"], default="safetensors")
+    fl = directions.add_parser("from-llama", parents=[shared], help="upcycle a Llama/Mistral-style model")
+    fl.add_argument("--model", required=True, help="the Llama-style model folder")
+    fl.add_argument("--cell", choices=["gru", "lstm"], default="gru")
+    fl.add_argument("--num-heads", type=int, default=None)
+    fl.add_argument("--max-shard-size", default="5GB")
+    fl.add_argument("--seed", type=int, default=0)
+    convert.set_defaults(func=cmd_convert)
 
     gen = sub.add_parser("generate", help="generate text from a saved model, streamed as it is produced")
     gen.add_argument("--model", required=True, help="a saved model folder (with its tokenizer)")

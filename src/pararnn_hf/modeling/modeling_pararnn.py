@@ -200,7 +200,6 @@ class ParaRNNPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ParaRNNBlock"]
     _is_stateful = True
-    _supports_cache_class = False
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainingArguments, default_data_collator
 
 from ..data import PackedDataset, load_corpus, load_or_train_tokenizer, tokenize_documents
@@ -118,9 +119,7 @@ def run_training(
     tokenizer = load_tokenizer(model_args, corpus, data_args.vocab_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_ds, eval_ds = build_datasets(corpus, tokenizer, data_args, training_args)
-    import torch
-
-    torch.manual_seed(training_args.seed)
+    torch.manual_seed(training_args.seed)  # the same initial weights in every process
     model = build_model(model_args, len(tokenizer), pad_id, tokenizer.eos_token_id)
     trainer = ParaRNNTrainer(
         model=model,

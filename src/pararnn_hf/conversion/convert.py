@@ -1,0 +1,265 @@
+"""Conversions between reference ParaRNN checkpoints, Hugging Face folders and Llama-style
+models (SPEC §7). Every function writes its output folder atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..modeling import ParaRNNConfig, ParaRNNForCausalLM
+from .io import DTYPES, ConversionError, atomic_folder, load_state_dict, progress
+from .reference import CELL_KEYS, cells_from_files, hf_from_lm, infer_config_from_lm, lm_from_hf
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def _load_config(path: str | os.PathLike) -> ParaRNNConfig:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no such config file: {path}")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"{path} is not valid JSON: {err}") from None
+    for key in ("model_type", "auto_map", "architectures", "transformers_version", "dtype", "torch_dtype"):
+        values.pop(key, None)
+    return ParaRNNConfig(**values)
+
+
+def _copy_tokenizer(source: str | os.PathLike | None, target: Path) -> list[str]:
+    copied = []
+    if source is not None:
+        for name in TOKENIZER_FILES:
+            if (Path(source) / name).is_file():
+                shutil.copy2(Path(source) / name, target / name)
+                copied.append(name)
+    return copied
+
+
+def write_card_stub(folder: Path, config: ParaRNNConfig, provenance: str) -> None:
+    """A minimal Hub model card; ``pararnn-hf card`` writes the full one."""
+    text = (
+        "---\nlibrary_name: transformers\npipeline_tag: text-generation\n"
+        f"tags:\n- pararnn\n- para{config.cell}\n- rnn\n---\n\n"
+        f"# Para{config.cell.upper()} language model\n\n{provenance}\n\n"
+        f"- {config.num_hidden_layers} layers, width {config.hidden_size}, cell width {config.d_inner}, "
+        f"{config.num_heads} heads, vocabulary {config.vocab_size}\n\n"
+        "```python\nimport pararnn_hf  # or trust_remote_code=True without the package\n"
+        "from transformers import AutoModelForCausalLM\n"
+        'model = AutoModelForCausalLM.from_pretrained("PATH")\n```\n'
+    )
+    (folder / "README.md").write_text(text)
+
+
+def _save(model: ParaRNNForCausalLM, tmp: Path, dtype: torch.dtype | None, max_shard_size: str) -> None:
+    if dtype is not None:
+        model.to(dtype)
+    model.save_pretrained(tmp, max_shard_size=max_shard_size)
+
+
+def from_reference(
+    out: str | os.PathLike,
+    cells: list[str] | None = None,
+    lm: str | None = None,
+    config: str | None = None,
+    base: str | None = None,
+    tokenizer: str | None = None,
+    dtype: str | None = None,
+    max_shard_size: str = "5GB",
+    overwrite: bool = False,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict:
+    """Reference cells (``cells``, one file per layer or one file for all) or a whole LM-layout
+    checkpoint (``lm``) -> a Hugging Face folder. With ``cells``, the other weights come from
+    ``base`` (a saved ParaRNN folder) or are freshly initialised; the report says which."""
+    if bool(cells) == bool(lm):
+        raise ValueError("pass either --cells (reference cell state dicts) or --lm (a whole LM checkpoint)")
+    torch_dtype = _dtype(dtype)
+    report: dict = {"out": str(out)}
+    if lm:
+        state = load_state_dict(lm)
+        cfg = _load_config(config) if config else infer_config_from_lm(state)
+        hf_state = hf_from_lm(state, cfg)
+        model = ParaRNNForCausalLM(cfg)
+        _load_exact(model, hf_state, f"{lm}")
+        report["rest"] = "all weights from the LM checkpoint"
+    else:
+        if config is None and base is None:
+            raise ValueError("--cells needs --config CONFIG.json or --base DIR to know the model shape")
+        cfg = _load_config(config) if config else _load_config(base)
+        if base:
+            model = ParaRNNForCausalLM.from_pretrained(base, config=cfg)
+            report["rest"] = f"non-cell weights from {base}"
+        else:
+            torch.manual_seed(seed)
+            model = ParaRNNForCausalLM(cfg)
+            report["rest"] = f"non-cell weights freshly initialised (seed {seed})"
+        states = [load_state_dict(p) for p in progress(cells, "reading cells", show_progress)]
+        layer_cells = cells_from_files(states, [str(p) for p in cells], cfg)
+        with torch.no_grad():
+            for k, cell in enumerate(progress(layer_cells, "placing cells", show_progress)):
+                target = model.model.layers[k].mixer.cell
+                for name, value in cell.items():
+                    getattr(target, name).copy_(value)
+    with atomic_folder(out, overwrite) as tmp:
+        _save(model, tmp, torch_dtype, max_shard_size)
+        report["tokenizer"] = _copy_tokenizer(tokenizer or base, tmp)
+        write_card_stub(
+            tmp,
+            cfg,
+            f"Converted from reference ParaRNN weights ({lm or ', '.join(map(str, cells))}); {report['rest']}.",
+        )
+    return report
+
+
+def _load_exact(model: ParaRNNForCausalLM, hf_state: dict[str, torch.Tensor], where: str) -> None:
+    expected = model.state_dict()
+    for key, value in hf_state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ConversionError(
+                f"{where}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
+            )
+    missing, unexpected = model.load_state_dict(hf_state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ConversionError(f"{where}: missing {missing}, unexpected {unexpected}")
+
+
+def to_reference(
+    model_dir: str,
+    out: str | os.PathLike,
+    dtype: str | None = None,
+    fmt: str = "safetensors",
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict:
+    """A Hugging Face folder -> the reference layouts: ``lm.<fmt>`` (the whole LM training
+    layout), ``cells/layer_<k>.<fmt>`` (each layer's cell) and ``index.json``."""
+    if fmt not in ("safetensors", "pt"):
+        raise ValueError(f"unknown format {fmt!r}; expected safetensors or pt")
+    torch_dtype = _dtype(dtype)
+    model = ParaRNNForCausalLM.from_pretrained(model_dir)
+    cfg = model.config
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if torch_dtype is not None:
+        state = {k: v.to(torch_dtype) for k, v in state.items()}
+    lm = lm_from_hf(state, cfg)
+    with atomic_folder(out, overwrite) as tmp:
+        (tmp / "cells").mkdir()
+        _write(lm, tmp / f"lm.{fmt}", fmt)
+        cell_files = []
+        for k in progress(range(cfg.num_hidden_layers), "writing cells", show_progress):
+            cell = {n: state[f"model.layers.{k}.mixer.cell.{n}"] for n in CELL_KEYS[cfg.cell]}
+            name = f"cells/layer_{k}.{fmt}"
+            _write(cell, tmp / name, fmt)
+            cell_files.append(name)
+        cfg.to_json_file(str(tmp / "config.json"))
+        index = {
+            "format": "pararnn-reference",
+            "cell": cfg.cell,
+            "num_layers": cfg.num_hidden_layers,
+            "lm": f"lm.{fmt}",
+            "cells": cell_files,
+            "config": "config.json",
+            "source": str(model_dir),
+        }
+        (tmp / "index.json").write_text(json.dumps(index, indent=2))
+    return index
+
+
+def _write(state: dict[str, torch.Tensor], path: Path, fmt: str) -> None:
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+
+
+def from_llama(
+    llama_dir: str,
+    out: str | os.PathLike,
+    cell: str = "gru",
+    num_heads: int | None = None,
+    dtype: str | None = None,
+    max_shard_size: str = "5GB",
+    overwrite: bool = False,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict:
+    """Upcycle a Llama/Mistral-style model: embeddings, norms, MLPs and head are copied, every
+    attention block becomes a fresh ParaRNN mixer of the same width; the tokenizer is copied."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    src_cfg = AutoConfig.from_pretrained(llama_dir)
+    if getattr(src_cfg, "model_type", None) not in ("llama", "mistral", "qwen2", "qwen3"):
+        raise ConversionError(
+            f"{llama_dir} is a {src_cfg.model_type!r} model; from-llama takes Llama, Mistral or Qwen2/3-style decoders"
+        )
+    if getattr(src_cfg, "hidden_act", "silu") != "silu" or getattr(src_cfg, "mlp_bias", False):
+        raise ConversionError(f"{llama_dir}: only SwiGLU MLPs without bias (hidden_act='silu') map onto ParaRNN's MLP")
+    d = src_cfg.hidden_size
+    heads = num_heads or next(h for h in (8, 4, 2, 1) if d % h == 0)
+    cfg = ParaRNNConfig(
+        vocab_size=src_cfg.vocab_size,
+        hidden_size=d,
+        num_hidden_layers=src_cfg.num_hidden_layers,
+        cell=cell,
+        num_heads=heads,
+        intermediate_size=src_cfg.intermediate_size,
+        rms_norm_eps=src_cfg.rms_norm_eps,
+        tie_word_embeddings=bool(getattr(src_cfg, "tie_word_embeddings", False)),
+        max_position_embeddings=src_cfg.max_position_embeddings,
+        initializer_range=src_cfg.initializer_range,
+        pad_token_id=src_cfg.pad_token_id,
+        bos_token_id=src_cfg.bos_token_id,
+        eos_token_id=src_cfg.eos_token_id,
+    )
+    source = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    model = ParaRNNForCausalLM(cfg)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(source.model.embed_tokens.weight)
+        model.model.norm.weight.copy_(source.model.norm.weight)
+        if not cfg.tie_word_embeddings:
+            model.lm_head.weight.copy_(source.lm_head.weight)
+        for k in progress(range(cfg.num_hidden_layers), "copying layers", show_progress):
+            src, dst = source.model.layers[k], model.model.layers[k]
+            dst.mixer.norm.weight.copy_(src.input_layernorm.weight)
+            dst.mlp_norm.weight.copy_(src.post_attention_layernorm.weight)
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                getattr(dst.mlp, name).weight.copy_(getattr(src.mlp, name).weight)
+    with atomic_folder(out, overwrite) as tmp:
+        _save(model, tmp, _dtype(dtype), max_shard_size)
+        tokenizer = _copy_tokenizer(llama_dir, tmp)
+        write_card_stub(
+            tmp,
+            cfg,
+            f"Upcycled from {llama_dir}: embeddings, norms, MLPs and head copied; each "
+            "attention block replaced by a freshly initialised ParaRNN mixer.",
+        )
+    return {"out": str(out), "layers": cfg.num_hidden_layers, "num_heads": heads, "tokenizer": tokenizer}

@@ -1,0 +1,328 @@
+"""Conversion: exact round trips with the reference layouts, reference cells against the SPEC
+equations, Llama upcycling, dtype and sharding, and every error case."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from helpers import tiny_model, tiny_tokenizer
+from pararnn_hf import ParaGRU, ParaLSTM, ParaRNNForCausalLM
+from pararnn_hf.cli import main
+from pararnn_hf.conversion import ConversionError, from_llama, from_reference, to_reference
+from test_cells import spec_gru_step, spec_lstm_step
+
+CELLS = ["gru", "lstm"]
+
+
+def same_weights(a: ParaRNNForCausalLM, b: ParaRNNForCausalLM) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    def make(cell="gru", **kw):
+        model = tiny_model(cell, **kw)
+        with torch.no_grad():  # non-default values everywhere, so a dropped weight shows
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        folder = tmp_path / f"hf-{cell}"
+        model.save_pretrained(folder)
+        tiny_tokenizer().save_pretrained(folder)
+        return model, folder
+
+    return make
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+def test_to_reference_and_back_is_bit_exact(cell, fmt, saved, tmp_path):
+    model, folder = saved(cell)
+    index = to_reference(str(folder), tmp_path / "ref", fmt=fmt, show_progress=False)
+    assert index["cells"] == [f"cells/layer_{k}.{fmt}" for k in range(2)]
+    ref = tmp_path / "ref"
+    lm_keys = set(torch.load(ref / "lm.pt") if fmt == "pt" else load_file(ref / "lm.safetensors"))
+    assert {
+        "embedding.weight",
+        "final_norm.weight",
+        "blocks.0.rnn_cell.A",
+        "blocks.1.1.w1.weight",
+        "blocks.2.conv.conv.weight",
+        "blocks.3.0.weight",
+    } <= lm_keys
+    from_reference(
+        tmp_path / "back-lm", lm=str(ref / index["lm"]), config=str(ref / "config.json"), show_progress=False
+    )
+    assert same_weights(ParaRNNForCausalLM.from_pretrained(tmp_path / "back-lm"), model)
+    from_reference(
+        tmp_path / "back-cells",
+        cells=[str(ref / c) for c in index["cells"]],
+        config=str(ref / "config.json"),
+        base=str(folder),
+        show_progress=False,
+    )
+    back = ParaRNNForCausalLM.from_pretrained(tmp_path / "back-cells")
+    assert same_weights(back, model)
+    assert (tmp_path / "back-cells" / "tokenizer.json").is_file()  # copied from --base
+
+
+def test_lm_layout_config_is_inferred_from_shapes(saved, tmp_path):
+    model, folder = saved("lstm", tie_word_embeddings=False, conv_kernel=3)
+    index = to_reference(str(folder), tmp_path / "ref", show_progress=False)
+    from_reference(tmp_path / "back", lm=str(tmp_path / "ref" / index["lm"]), show_progress=False)
+    back = ParaRNNForCausalLM.from_pretrained(tmp_path / "back")
+    assert back.config.cell == "lstm" and back.config.conv_kernel == 3 and not back.config.tie_word_embeddings
+    assert same_weights(back, model)
+
+
+def random_reference_cell(cell, D, N, H):
+    cell_dict = {"A": torch.randn(3, N) * 0.5, "B": torch.randn(H, D // H, 3, N // H) * 0.3, "b": torch.randn(3, N)}
+    if cell == "lstm":
+        cell_dict["C"] = torch.randn(2, N) * 0.5
+    return {k: v.double() for k, v in cell_dict.items()}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_reference_cell_in_a_layer_matches_the_spec_equations(cell, tmp_path):
+    """Convert a reference cell into a model, then run its layer against SPEC §2 written out."""
+    model = tiny_model(cell, hidden_size=16, num_heads=4)
+    model.save_pretrained(tmp_path / "base")
+    cells = [random_reference_cell(cell, 16, 16, 4) for _ in range(2)]
+    paths = []
+    for k, c in enumerate(cells):
+        paths.append(str(tmp_path / f"cell{k}.pt"))
+        torch.save({f"rnn_cell.{n}": v.float() for n, v in c.items()}, paths[-1])
+    from_reference(tmp_path / "out", cells=paths, base=str(tmp_path / "base"), show_progress=False)
+    layer = ParaRNNForCausalLM.from_pretrained(tmp_path / "out").model.layers[1].mixer.cell.double()
+    ref = cells[1]
+    x = torch.randn(3, 16, dtype=torch.float64)
+    h = torch.randn(3, 16, dtype=torch.float64)
+    if cell == "gru":
+        y, _ = layer.step(x, h)
+        expected = spec_gru_step(
+            h, x, ref["A"].float().double(), ref["B"].float().double(), ref["b"].float().double(), 4
+        )
+    else:
+        c = torch.randn(3, 16, dtype=torch.float64)
+        y, _ = layer.step(x, (c, h))
+        _, expected = spec_lstm_step(c, h, x, *(ref[n].float().double() for n in ("A", "B", "b", "C")), 4)
+    assert torch.allclose(y, expected, atol=1e-12)
+
+
+def test_one_file_with_prefixed_layers_and_fsdp_wrappers(tmp_path):
+    model = tiny_model("gru")
+    model.save_pretrained(tmp_path / "base")
+    cells = [random_reference_cell("gru", 32, 32, 2) for _ in range(2)]
+    state = {
+        f"_fsdp_wrapped_module.layers.{k}._fsdp_wrapped_module.rnn_cell.{n}": v.float()
+        for k, c in enumerate(cells)
+        for n, v in c.items()
+    }
+    save_file(state, tmp_path / "all.safetensors")
+    report = from_reference(
+        tmp_path / "out",
+        cells=[str(tmp_path / "all.safetensors")],
+        config=str(tmp_path / "base" / "config.json"),
+        show_progress=False,
+    )
+    assert "freshly initialised" in report["rest"]
+    out = ParaRNNForCausalLM.from_pretrained(tmp_path / "out")
+    for k in range(2):
+        assert torch.equal(out.model.layers[k].mixer.cell.A, cells[k]["A"].float())
+        assert torch.equal(out.model.layers[k].mixer.cell.B, cells[k]["B"].float())
+
+
+def test_diagonal_matrices_are_accepted(tmp_path):
+    tiny_model("lstm").save_pretrained(tmp_path / "base")
+    cells = [random_reference_cell("lstm", 32, 32, 2) for _ in range(2)]
+    for c in cells:
+        c["A"], c["C"] = torch.diag_embed(c["A"]), torch.diag_embed(c["C"])
+    paths = [str(tmp_path / f"c{k}.pt") for k in range(2)]
+    for c, p in zip(cells, paths):
+        torch.save({n: v.float() for n, v in c.items()}, p)
+    from_reference(tmp_path / "out", cells=paths, base=str(tmp_path / "base"), show_progress=False)
+    out = ParaRNNForCausalLM.from_pretrained(tmp_path / "out")
+    assert torch.equal(out.model.layers[0].mixer.cell.C, torch.diagonal(cells[0]["C"].float(), dim1=-2, dim2=-1))
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda c: c.update(extra=torch.zeros(1)), r"unknown keys \['extra'\]"),
+        (lambda c: c.pop("b"), r"missing keys \['b'\]"),
+        (lambda c: c.update(A=torch.zeros(3, 31)), r"A has shape \(3, 31\), expected \(3, 32\)"),
+        (lambda c: c.update(B=torch.zeros(4, 8, 3, 8)), "B has 4 heads but the config has num_heads=2"),
+        (lambda c: c.update(A=torch.ones(3, 32, 32)), "non-zero off-diagonal entries"),
+        (lambda c: c.update(C=torch.zeros(2, 32)), r"unknown keys \['C'\] \(a ParaLSTM peephole C"),
+    ],
+)
+def test_bad_reference_cells_raise_and_leave_nothing(tmp_path, mutate, match):
+    tiny_model("gru").save_pretrained(tmp_path / "base")
+    cells = [{n: v.float() for n, v in random_reference_cell("gru", 32, 32, 2).items()} for _ in range(2)]
+    mutate(cells[1])
+    paths = [str(tmp_path / f"c{k}.safetensors") for k in range(2)]
+    for c, p in zip(cells, paths):
+        save_file(c, p)
+    with pytest.raises(ConversionError, match=match):
+        from_reference(tmp_path / "out", cells=paths, base=str(tmp_path / "base"), show_progress=False)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".out")]  # no temp folder left
+
+
+def test_layer_count_mismatch(tmp_path):
+    tiny_model("gru").save_pretrained(tmp_path / "base")
+    path = str(tmp_path / "c.pt")
+    torch.save({n: v.float() for n, v in random_reference_cell("gru", 32, 32, 2).items()}, path)
+    with pytest.raises(ConversionError, match="has no per-layer prefix; one file for several layers"):
+        from_reference(tmp_path / "out", cells=[path], base=str(tmp_path / "base"), show_progress=False)
+    with pytest.raises(ConversionError, match="cells for 3 layers, but the config has num_hidden_layers=2"):
+        from_reference(tmp_path / "out", cells=[path] * 3, base=str(tmp_path / "base"), show_progress=False)
+
+
+def test_truncated_and_corrupt_files(tmp_path, saved):
+    _, folder = saved("gru")
+    index = to_reference(str(folder), tmp_path / "ref", show_progress=False)
+    lm = tmp_path / "ref" / index["lm"]
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(lm.read_bytes()[: lm.stat().st_size // 2])
+    with pytest.raises(ConversionError, match="truncated, corrupt or not a checkpoint"):
+        from_reference(tmp_path / "out", lm=str(truncated), show_progress=False)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ConversionError, match="truncated, corrupt"):
+        from_reference(tmp_path / "out", lm=str(garbage), show_progress=False)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
+        from_reference(tmp_path / "out", lm=str(tmp_path / "missing.pt"), show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_lm_checkpoint_with_unknown_or_missing_keys(tmp_path, saved):
+    _, folder = saved("gru")
+    index = to_reference(str(folder), tmp_path / "ref", show_progress=False)
+    state = load_file(tmp_path / "ref" / index["lm"])
+    save_file({**state, "blocks.9.extra": torch.zeros(1)}, tmp_path / "extra.safetensors")
+    with pytest.raises(ConversionError, match=r"unknown keys \['blocks.9.extra'\]"):
+        from_reference(
+            tmp_path / "o1",
+            lm=str(tmp_path / "extra.safetensors"),
+            config=str(tmp_path / "ref" / "config.json"),
+            show_progress=False,
+        )
+    del state["blocks.2.out_proj.weight"]
+    save_file(state, tmp_path / "missing.safetensors")
+    with pytest.raises(ConversionError, match="missing key 'blocks.2.out_proj.weight' for layer 1"):
+        from_reference(tmp_path / "o2", lm=str(tmp_path / "missing.safetensors"), show_progress=False)
+
+
+def test_existing_target_is_refused_unless_overwrite(tmp_path, saved):
+    _, folder = saved("gru")
+    target = tmp_path / "ref"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        to_reference(str(folder), target, show_progress=False)
+    assert (target / "keep.txt").read_text() == "mine"
+    to_reference(str(folder), target, overwrite=True, show_progress=False)
+    assert (target / "index.json").is_file() and not (target / "keep.txt").exists()
+
+
+def test_dtype_and_sharding(tmp_path, saved):
+    model, folder = saved("lstm")
+    index = to_reference(str(folder), tmp_path / "ref", show_progress=False)
+    from_reference(
+        tmp_path / "bf16",
+        lm=str(tmp_path / "ref" / index["lm"]),
+        dtype="bfloat16",
+        max_shard_size="20KB",
+        show_progress=False,
+    )
+    files = os.listdir(tmp_path / "bf16")
+    assert "model.safetensors.index.json" in files and sum(f.endswith(".safetensors") for f in files) > 1
+    loaded = ParaRNNForCausalLM.from_pretrained(tmp_path / "bf16")
+    assert loaded.model.layers[0].mixer.cell.A.dtype == torch.bfloat16
+    assert torch.equal(loaded.model.layers[0].mixer.cell.A, model.model.layers[0].mixer.cell.A.bfloat16())
+    assert (tmp_path / "bf16" / "README.md").read_text().startswith("---\nlibrary_name: transformers")
+
+
+@pytest.fixture
+def llama_folder(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+    )
+    llama = LlamaForCausalLM(cfg).eval()
+    folder = tmp_path / "llama"
+    llama.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return llama, folder
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_from_llama_keeps_embeddings_norms_and_mlp_outputs(cell, llama_folder, tmp_path):
+    llama, folder = llama_folder
+    report = from_llama(str(folder), tmp_path / "up", cell=cell, show_progress=False)
+    assert "tokenizer.json" in report["tokenizer"]
+    model = ParaRNNForCausalLM.from_pretrained(tmp_path / "up").eval()
+    assert model.config.cell == cell and model.config.rms_norm_eps == 1e-5
+    x = torch.randn(2, 5, 32)
+    for k in range(2):
+        src, dst = llama.model.layers[k], model.model.layers[k]
+        assert torch.equal(dst.mlp(dst.mlp_norm(x)), src.mlp(src.post_attention_layernorm(x)))
+        assert torch.equal(dst.mixer.norm.weight, src.input_layernorm.weight)
+    assert torch.equal(model.model.embed_tokens.weight, llama.model.embed_tokens.weight)
+    assert torch.equal(model.lm_head.weight, llama.lm_head.weight)
+    ids = torch.randint(0, 300, (1, 7))
+    assert model(ids).logits.shape == (1, 7, 300)
+
+
+def test_from_llama_rejects_other_architectures(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ConversionError, match="is a 'gpt2' model"):
+        from_llama(str(tmp_path / "gpt2"), tmp_path / "out", show_progress=False)
+
+
+def test_cli_round_trip(tmp_path, saved, capsys):
+    model, folder = saved("gru")
+    assert (
+        main(["convert", "to-reference", "--model", str(folder), "--out", str(tmp_path / "ref"), "--no-progress"]) == 0
+    )
+    index = json.loads((tmp_path / "ref" / "index.json").read_text())
+    assert (
+        main(
+            [
+                "convert",
+                "from-reference",
+                "--lm",
+                str(tmp_path / "ref" / index["lm"]),
+                "--config",
+                str(tmp_path / "ref" / "config.json"),
+                "--out",
+                str(tmp_path / "back"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert same_weights(ParaRNNForCausalLM.from_pretrained(tmp_path / "back"), model)
+    with pytest.raises(SystemExit, match="already exists"):
+        main(["convert", "to-reference", "--model", str(folder), "--out", str(tmp_path / "ref")])
+    with pytest.raises(SystemExit, match="either --cells"):
+        main(["convert", "from-reference", "--out", str(tmp_path / "x")])
+
+
+def test_layer_classes_are_the_ones_converted():
+    assert ParaGRU.cell.NAME == "gru" and ParaLSTM.cell.NAME == "lstm"
