@@ -317,6 +317,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "reloaded with AutoModelForCausalLM as ParaRNNForCausalLM" in proc.stdout
     assert "held-out loss" in proc.stdout and f"model + tokenizer : {out}" in proc.stdout
+    assert "lm-eval (bundled tasks): next-line choice accuracy" in proc.stdout
+    assert (out / "eval_results.json").is_file() and "model-index" in (out / "README.md").read_text()
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["corpus"] == "builtin:python-stdlib" and math.isfinite(summary["eval_perplexity"])
     again = subprocess.run(

@@ -7,6 +7,7 @@ import importlib.metadata
 import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _version(dist: str) -> str:
@@ -164,6 +165,65 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval import run_eval
+
+    model_args = {}
+    if args.solver_backend:
+        model_args["solver_backend"] = args.solver_backend
+    if args.prefill_chunk_size:
+        model_args["prefill_chunk_size"] = args.prefill_chunk_size
+    output = args.output or str(Path(args.model) / "eval_results.json")
+    try:
+        summary = run_eval(
+            args.model,
+            [t for t in args.tasks.split(",") if t],
+            output=output,
+            include_path=args.include_path,
+            batch_size=args.batch_size,
+            limit=args.limit,
+            num_fewshot=args.num_fewshot,
+            device=args.device,
+            model_args=model_args,
+            log_samples=args.log_samples,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"pararnn-hf eval: {err}") from None
+    from lm_eval.utils import make_table
+
+    print(
+        make_table(
+            {
+                "results": summary["results"],
+                "versions": summary["versions"],
+                "n-shot": {t: 0 for t in summary["results"]},
+                "higher_is_better": {},
+            }
+        )
+    )
+    print(f"results written to {output}")
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from .model_cards import CardError, write_card
+
+    try:
+        path = write_card(
+            args.model,
+            args.results,
+            overwrite=args.overwrite,
+            license=args.license,
+            model_name=args.name,
+            repo_id=args.repo_id,
+            datasets=args.datasets,
+        )
+    except (CardError, FileExistsError, FileNotFoundError) as err:
+        raise SystemExit(f"pararnn-hf card: {err}") from None
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pararnn-hf", description="ParaRNN language models for Hugging Face")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=80)
     demo.add_argument("--data", nargs="+", default=None, help="local files/folders or hf:NAME instead of builtin")
     demo.add_argument("--max-eval-sequences", type=int, default=None)
+    demo.add_argument("--eval-limit", type=int, default=None, help="examples per lm-eval task (default: all)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     demo.set_defaults(func=cmd_demo)
@@ -213,6 +274,30 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--max-shard-size", default="5GB")
     fl.add_argument("--seed", type=int, default=0)
     convert.set_defaults(func=cmd_convert)
+
+    ev = sub.add_parser("eval", help="lm-eval offline: bundled tasks, and standard ones when cached")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--tasks", default="pararnn_stdlib", help="comma-separated lm-eval tasks or groups")
+    ev.add_argument("--include-path", nargs="*", default=None, help="folders with more task YAMLs")
+    ev.add_argument("--batch-size", default="8")
+    ev.add_argument("--limit", type=float, default=None, help="examples per task (or a fraction)")
+    ev.add_argument("--num-fewshot", type=int, default=None)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--output", default=None, help="results JSON (default: MODEL/eval_results.json)")
+    ev.add_argument("--solver-backend", default=None, choices=["auto", "torch", "sequential"])
+    ev.add_argument("--prefill-chunk-size", type=int, default=None)
+    ev.add_argument("--log-samples", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    card = sub.add_parser("card", help="write a Hub model card (README.md) into a saved model folder")
+    card.add_argument("model")
+    card.add_argument("--results", default=None, help="results JSON from `pararnn-hf eval`")
+    card.add_argument("--license", default="apache-2.0")
+    card.add_argument("--name", default=None, help="model name (default: the folder name)")
+    card.add_argument("--repo-id", default=None, help="Hub id used in the card's example code")
+    card.add_argument("--datasets", nargs="*", default=None, help="Hub dataset ids it was trained on")
+    card.add_argument("--overwrite", action="store_true", help="replace a README.md not written by pararnn-hf")
+    card.set_defaults(func=cmd_card)
 
     gen = sub.add_parser("generate", help="generate text from a saved model, streamed as it is produced")
     gen.add_argument("--model", required=True, help="a saved model folder (with its tokenizer)")

@@ -1,6 +1,7 @@
 """``pararnn-hf demo``: the main job. Trains a small ParaRNN on the built-in corpus (the
 Python standard library) with ``Trainer``, saves it, reloads it through
-``AutoModelForCausalLM``, generates a sample and reports held-out perplexity."""
+``AutoModelForCausalLM``, generates a sample, reports held-out perplexity, evaluates it with
+lm-eval on the bundled tasks and writes a model card."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def run_demo(
     seed: int = 0,
     data: list[str] | None = None,
     max_eval_sequences: int | None = None,
+    eval_limit: int | None = None,
 ) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -84,7 +86,16 @@ def run_demo(
             pad_token_id=tokenizer.pad_token_id,
         )
     sample = tokenizer.decode(out[0], skip_special_tokens=True)
-    summary.update(sample=sample, reloaded_class=type(model).__name__, total_time_s=time.perf_counter() - started)
+
+    from ..eval import LOCAL_GROUP, run_eval
+    from ..model_cards import write_card
+
+    results_path = folder / "eval_results.json"
+    results = run_eval(str(folder), [LOCAL_GROUP], output=str(results_path), batch_size=8, limit=eval_limit)["results"]
+    card = write_card(folder, results_path)
+    summary.update(
+        sample=sample, reloaded_class=type(model).__name__, lm_eval=results, total_time_s=time.perf_counter() - started
+    )
 
     print("\n" + "=" * 72)
     print(
@@ -97,10 +108,19 @@ def run_demo(
     )
     print(f"reloaded with AutoModelForCausalLM as {summary['reloaded_class']}; greedy sample:\n")
     print(sample)
+    nextline = results["pararnn_stdlib_nextline"]["acc,none"]
+    complete = results["pararnn_stdlib_complete"]["char_similarity,none"]
+    bpb = results["pararnn_stdlib_ppl"]["bits_per_byte,none"]
+    print(
+        f"\nlm-eval (bundled tasks): next-line choice accuracy {nextline:.3f} (chance 0.25), "
+        f"line-completion similarity {complete:.3f}, {bpb:.3f} bits per byte"
+    )
     print("\n" + "=" * 72)
     print(f"model + tokenizer : {folder}")
     print(f"loss curves       : {summary['loss_plot']}")
     print(f"summary           : {folder / 'train_summary.json'}")
+    print(f"lm-eval results   : {results_path}")
+    print(f"model card        : {card}")
     print(f"try               : pararnn-hf generate --model {folder} --prompt 'import '")
     print(f"total time        : {summary['total_time_s']:.0f} s")
     return summary

@@ -1,0 +1,30 @@
+"""The ``pararnn`` model for lm-eval: transformers' HFLM with the ParaRNN classes registered,
+so saved folders load without ``trust_remote_code`` and use the package's solvers."""
+
+from __future__ import annotations
+
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from .. import ParaRNNConfig  # noqa: F401  (registers model_type "pararnn" with the Auto classes)
+
+
+@register_model("pararnn")
+class ParaRNNLM(HFLM):
+    """``lm_eval --model pararnn --model_args pretrained=DIR[,solver_backend=torch][,prefill_chunk_size=N]``
+
+    ``solver_backend`` overrides ``config.backend`` (HFLM's own ``backend`` argument means
+    causal vs seq2seq); ``prefill_chunk_size`` bounds the memory of long contexts.
+    """
+
+    def __init__(self, pretrained, solver_backend: str | None = None, prefill_chunk_size: int | None = None, **kwargs):
+        kwargs.setdefault("backend", "causal")
+        super().__init__(pretrained=pretrained, **kwargs)
+        config = self.model.config
+        if solver_backend is not None:
+            config.backend = solver_backend
+            for module in self.model.modules():
+                if hasattr(module, "backend") and hasattr(module, "cell"):
+                    module.backend = solver_backend
+        if prefill_chunk_size is not None:
+            config.prefill_chunk_size = int(prefill_chunk_size)

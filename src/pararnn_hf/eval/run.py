@@ -1,0 +1,81 @@
+"""Running lm-eval offline on a saved model: the bundled tasks always, the standard ones when
+their datasets are in the local Hugging Face cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .local_tasks import write_local_tasks
+
+
+def _offline() -> None:
+    """No hub calls: lm-eval and datasets read these when they load data."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hub_constants
+
+        hub_constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+
+
+def run_eval(
+    model_dir: str,
+    tasks: list[str],
+    output: str | None = None,
+    include_path: list[str] | None = None,
+    batch_size: int | str = 8,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    device: str = "cpu",
+    model_args: dict[str, Any] | None = None,
+    log_samples: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``model_dir`` with lm-eval's ``simple_evaluate``; writes ``output`` (JSON) when
+    given and returns ``{"results": ..., "config": ...}``."""
+    _offline()
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from . import lm as _lm  # noqa: F401  (registers the "pararnn" model)
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
+    paths = [str(write_local_tasks())] + list(include_path or [])
+    # indexing lm-eval's own thousands of task files takes seconds: only when asked for one
+    manager = TaskManager(include_path=paths, include_defaults=False)
+    if not set(tasks) <= set(manager.all_tasks):
+        manager = TaskManager(include_path=paths)
+    unknown = [t for t in tasks if t not in set(manager.all_tasks)]
+    if unknown:
+        raise ValueError(
+            f"unknown lm-eval tasks {unknown}; bundled: pararnn_stdlib, "
+            "pararnn_stdlib_ppl, pararnn_stdlib_nextline, pararnn_stdlib_complete"
+        )
+    out = simple_evaluate(
+        model="pararnn",
+        model_args={"pretrained": model_dir, "device": device, **(model_args or {})},
+        tasks=tasks,
+        batch_size=batch_size,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        task_manager=manager,
+        log_samples=log_samples,
+        bootstrap_iters=0,
+    )
+    summary = {
+        "model": str(Path(model_dir).resolve()),
+        "results": out["results"],
+        "n-samples": out.get("n-samples", {}),
+        "versions": out.get("versions", {}),
+        "config": {k: v for k, v in out.get("config", {}).items() if k != "model_args"},
+    }
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(summary, indent=2, default=str))
+    return summary

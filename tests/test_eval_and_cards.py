@@ -1,0 +1,175 @@
+"""lm-eval offline on the bundled tasks (registered `pararnn` model and the stock `hf` route),
+batch-size invariance, model cards and their metadata, presets' parameter counts."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import tiny_model, tiny_tokenizer
+from pararnn_hf import ParaRNNConfig, ParaRNNForCausalLM
+from pararnn_hf.cli import main
+from pararnn_hf.eval import LOCAL_TASKS, run_eval, write_local_tasks
+from pararnn_hf.model_cards import CardError, preset_files, render_card, validate_card_text, write_card
+from pararnn_hf.presets import count_parameters, preset_config
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("evalmodel") / "tiny-gru"
+    tiny_model("gru").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def results(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evalresults") / "results.json"
+    return run_eval(str(model_dir), ["pararnn_stdlib"], output=str(out), batch_size=4, limit=6), out
+
+
+def test_bundled_tasks_run_offline(results):
+    summary, path = results
+    res = summary["results"]
+    assert set(LOCAL_TASKS) <= set(res)
+    assert 0.0 <= res["pararnn_stdlib_nextline"]["acc,none"] <= 1.0
+    assert res["pararnn_stdlib_ppl"]["byte_perplexity,none"] > 1.0
+    assert 0.0 <= res["pararnn_stdlib_complete"]["char_similarity,none"] <= 1.0
+    assert json.loads(path.read_text())["results"] == json.loads(json.dumps(res, default=str))
+
+
+def test_batch_size_does_not_change_scores(model_dir):
+    tasks = ["pararnn_stdlib_nextline", "pararnn_stdlib_complete"]
+    one = run_eval(str(model_dir), tasks, batch_size=1, limit=8)["results"]
+    four = run_eval(str(model_dir), tasks, batch_size=4, limit=8)["results"]
+    for task, key in [
+        ("pararnn_stdlib_nextline", "acc,none"),
+        ("pararnn_stdlib_nextline", "acc_norm,none"),
+        ("pararnn_stdlib_complete", "exact_match,none"),
+        ("pararnn_stdlib_complete", "char_similarity,none"),
+    ]:
+        assert one[task][key] == pytest.approx(four[task][key], abs=1e-9), (task, key)
+
+
+def test_stock_hf_route_gives_the_same_scores(model_dir, tmp_path):
+    tasks_dir = write_local_tasks(tmp_path / "tasks")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "mods"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lm_eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={model_dir},trust_remote_code=True",
+            "--tasks",
+            "pararnn_stdlib_nextline",
+            "--include_path",
+            str(tasks_dir),
+            "--limit",
+            "8",
+            "--batch_size",
+            "4",
+            "--device",
+            "cpu",
+            "--output_path",
+            str(tmp_path / "stock"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "stock") for f in fs if f.endswith(".json")]
+    stock = json.loads(open(files[0]).read())["results"]["pararnn_stdlib_nextline"]
+    ours = run_eval(str(model_dir), ["pararnn_stdlib_nextline"], batch_size=4, limit=8)["results"]
+    assert stock["acc,none"] == pytest.approx(ours["pararnn_stdlib_nextline"]["acc,none"])
+
+
+def test_unknown_task_and_missing_model(model_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown lm-eval tasks \['no_such_task'\]"):
+        run_eval(str(model_dir), ["no_such_task"])
+    with pytest.raises(FileNotFoundError, match="not a saved model folder"):
+        run_eval(str(tmp_path), ["pararnn_stdlib_ppl"])
+
+
+def test_results_reach_a_valid_card(model_dir, results, tmp_path):
+    _, path = results
+    text = render_card(model_dir, path, repo_id="someone/tiny-gru")
+    validate_card_text(text)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(text)
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    by_task = {(r.dataset_type, r.metric_name): r.metric_value for r in card.data.eval_results}
+    expected = json.loads(path.read_text())["results"]["pararnn_stdlib_nextline"]["acc,none"]
+    assert by_task[("pararnn_stdlib_nextline", "accuracy")] == pytest.approx(expected)
+    assert "someone/tiny-gru" in text and "ParaGRU" in text
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda t: t.replace("license: apache-2.0\n", ""), "license is missing"),
+        (lambda t: t.replace("pipeline_tag: text-generation", "pipeline_tag: fill-mask"), "pipeline_tag must be"),
+        (lambda t: t.replace("library_name: transformers", "library_name: keras"), "library_name must be"),
+        (lambda t: t.replace("---\n", "", 1), "does not start with a YAML"),
+        (lambda t: t.replace("      value: ", "      valu: ", 1), "model-index does not parse"),
+    ],
+)
+def test_bad_card_metadata_is_rejected(model_dir, results, edit, match):
+    text = render_card(model_dir, results[1])
+    with pytest.raises(CardError, match=match):
+        validate_card_text(edit(text))
+
+
+def test_write_card_keeps_a_users_readme(model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    (folder / "README.md").write_text("# my own notes\n")
+    with pytest.raises(FileExistsError, match="was not written by pararnn-hf"):
+        write_card(folder)
+    assert (folder / "README.md").read_text() == "# my own notes\n"
+    write_card(folder, overwrite=True)
+    write_card(folder)  # ours now: rewritten without --overwrite
+    validate_card_text((folder / "README.md").read_text())
+
+
+def test_cli_eval_then_card(model_dir, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    assert (
+        main(
+            ["eval", "--model", str(folder), "--tasks", "pararnn_stdlib_nextline", "--limit", "4", "--batch-size", "2"]
+        )
+        == 0
+    )
+    assert (folder / "eval_results.json").is_file() and "pararnn_stdlib_nextline" in capsys.readouterr().out
+    assert main(["card", str(folder), "--results", str(folder / "eval_results.json")]) == 0
+    assert "model-index" in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize("size,nominal", [("400m", 400e6), ("1b", 1e9), ("7b", 7e9)])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_presets_parameter_counts(size, nominal, cell):
+    stored = json.loads(preset_files()[f"para{cell}-{size}"].read_text())
+    stored.pop("model_type", None)
+    config = ParaRNNConfig(**stored)
+    assert config.to_dict() | {"transformers_version": None} == preset_config(size, cell).to_dict() | {
+        "transformers_version": None
+    }
+    counted = count_parameters(config)
+    with torch.device("meta"):
+        actual = sum(p.numel() for p in ParaRNNForCausalLM(config).parameters())
+    assert counted == actual
+    assert abs(counted / nominal - 1) < 0.1, counted
