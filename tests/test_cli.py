@@ -9,7 +9,7 @@ from pararnn_hf.cli import main
 
 def test_info_runs():
     out = subprocess.run([sys.executable, "-m", "pararnn_hf.cli", "info"], capture_output=True, text=True, check=True)
-    assert "pararnn_hf" in out.stdout and "backends      auto, torch, sequential" in out.stdout
+    assert "pararnn_hf" in out.stdout and "backends      auto, torch, sequential, triton" in out.stdout
 
 
 def test_generate_streams_the_greedy_continuation(tmp_path, capsys):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .cells import gru, lstm
-from .ops.dispatch import check_backend, select_method
+from .ops.dispatch import check_backend, check_triton, select_method, triton_usable
 from .ops.newton import SolveInfo
 from .ops.recurrence import solve
 from .ops.transition import Transition
@@ -277,8 +277,22 @@ class ParaRNNLayer(nn.Module):
         s0 = self._state_tensor(state, x_t.shape[0], x_t, dtype)
         u = self.project(x_t).to(dtype)
         C = None if self.C is None else self.C.to(dtype)
-        s = Transition(self.cell, s0, u, self.A.to(dtype), C).output()
+        if self._fused_step(u):
+            from .ops.triton.solve import triton_decode_step
+
+            s = triton_decode_step(self.cell, s0, u, self.A, self.C)
+        else:
+            s = Transition(self.cell, s0, u, self.A.to(dtype), C).output()
         return s[..., -1, :].to(x_t.dtype), self._public_state(s)
+
+    def _fused_step(self, u: Tensor) -> bool:
+        """The one-launch decode kernel: inference only (it has no backward), fp32 state."""
+        if u.dtype != torch.float32 or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
+            return False
+        if self.backend == "triton":
+            check_triton(u.device.type)
+            return True
+        return self.backend == "auto" and u.device.type == "cuda" and triton_usable("cuda")
 
 
 class ParaGRU(ParaRNNLayer):

@@ -11,7 +11,7 @@ from transformers import PretrainedConfig
 CELLS = ("gru", "lstm")
 # Kept in step with pararnn_hf.ops.dispatch.BACKENDS (a test checks it); this file must not
 # import the package.
-BACKENDS = ("auto", "torch", "sequential")
+BACKENDS = ("auto", "torch", "sequential", "triton")
 
 
 def _default_intermediate_size(hidden_size: int) -> int:
@@ -43,7 +43,7 @@ class ParaRNNConfig(PretrainedConfig):
             positional limit.
         newton_max_iterations: cap on Newton iterations before the exact fallback.
         newton_tolerance: residual tolerance (None: 4e-6 for fp32, 1e-11 for fp64).
-        backend: ``"auto"``, ``"torch"`` or ``"sequential"``.
+        backend: ``"auto"``, ``"torch"``, ``"sequential"`` or ``"triton"``.
         prefill_chunk_size: when set, prompts longer than this are prefilled in chunks of
             this many tokens, carrying the recurrent state (bounded memory, same result).
         init_recurrent_std, init_input_bound, init_gate_bias: cell initialisation

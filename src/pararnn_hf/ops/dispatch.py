@@ -2,6 +2,7 @@
 
 - ``torch``: parallel Newton + parallel adjoint scan, pure PyTorch, CPU and GPU.
 - ``sequential``: the step loop forward (exact), same adjoint-scan backward.
+- ``triton``: fused Triton kernels (CUDA; on CPU only under ``TRITON_INTERPRET=1``).
 - ``auto``: the fastest exact path for the device and shape (see ``select_method``).
 """
 
@@ -11,7 +12,15 @@ import logging
 
 from torch import Tensor
 
-BACKENDS = ("auto", "torch", "sequential")
+try:
+    from .triton import triton_usable
+except ImportError:  # the pure-PyTorch copy bundled into saved model folders has no kernels
+
+    def triton_usable(device_type: str) -> bool:
+        return False
+
+
+BACKENDS = ("auto", "torch", "sequential", "triton")
 
 logger = logging.getLogger("pararnn_hf")
 _logged: set[tuple[str, str]] = set()
@@ -41,17 +50,28 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def check_triton(device_type: str) -> None:
+    if not triton_usable(device_type):
+        raise RuntimeError(
+            f"backend='triton' cannot run on {device_type} tensors here: it needs CUDA tensors and Triton, or "
+            "TRITON_INTERPRET=1 set before pararnn_hf is imported to run the kernels in the CPU interpreter"
+        )
+
+
 def select_method(backend: str, u: Tensor, state_rows: int) -> str:
-    """The forward solve method ('newton' or 'sequential') for ``u`` ``[B, T, G, N]``."""
+    """The forward solve method ('newton', 'sequential' or 'triton') for ``u`` ``[B, T, G, N]``."""
     if backend == "torch":
         return "newton"
     if backend == "sequential":
         return "sequential"
+    if backend == "triton":
+        check_triton(u.device.type)
+        return "triton"
     B, T, _, N = u.shape
     if u.device.type == "cpu":
         method = "newton" if _cpu_prefers_newton(T, B * state_rows * N) else "sequential"
     else:
-        method = "newton"
+        method = "triton" if triton_usable(u.device.type) else "newton"
     key = (u.device.type, method)
     if key not in _logged:
         _logged.add(key)

@@ -21,7 +21,7 @@ from .scan import adjoint_scan
 from .sequential import sequential_solve
 from .transition import Transition, shift_right
 
-METHODS = ("newton", "sequential")
+METHODS = ("newton", "sequential", "triton")
 
 
 def solve(
@@ -48,6 +48,10 @@ def solve(
 
 
 def forward_solve(cell, u, A, C, s0, mask, keep, method, max_iterations, tolerance):
+    if method == "triton":
+        from .triton.solve import triton_newton_forward
+
+        return triton_newton_forward(cell, u, A, C, s0, mask, keep, max_iterations, tolerance)
     if method == "newton":
         return newton_solve(cell, u, A, C, s0, mask, keep, max_iterations, tolerance)
     s = sequential_solve(cell, u, A, C, s0, mask, keep)
@@ -60,13 +64,18 @@ class _Recurrence(torch.autograd.Function):
     def forward(ctx, cell, method, max_iterations, tolerance, info_box, u, A, C, s0, mask, keep):
         s, info = forward_solve(cell, u, A, C, s0, mask, keep, method, max_iterations, tolerance)
         info_box.append(info)
-        ctx.cell = cell
+        ctx.cell, ctx.method = cell, method
         ctx.save_for_backward(u, A, C, s0, s, mask, keep)
         return s
 
     @staticmethod
     def backward(ctx, grad_s):
         u, A, C, s0, s, mask, keep = ctx.saved_tensors
+        if ctx.method == "triton":
+            from .triton.solve import triton_adjoint_backward
+
+            du, dA, dC, ds0 = triton_adjoint_backward(ctx.cell, u, A, C, s0, s, mask, keep, grad_s)
+            return None, None, None, None, None, du, dA, dC, ds0, None, None
         step = Transition(ctx.cell, shift_right(s, s0), u, A, C, mask, keep)
         lam = adjoint_scan(step.jacobian(), grad_s)
         du, dA, dC, d_prev = step.vjp(lam)

@@ -1,0 +1,290 @@
+"""Fused Triton kernels: the chunked parallel-Newton forward, the adjoint backward and the
+single decoding step, written once for both cells (``CELL`` 0 = ParaGRU, 1 = ParaLSTM).
+
+Each program owns ``BN`` channels of one batch row and walks the time axis in chunks of
+``CH`` steps. Within a chunk the Newton iteration runs on chip, starting from the exact state
+carried in from the previous chunk: residual, Jacobian and a ``tl.associative_scan`` over time
+(diagonal for the GRU, 2x2 blocks for the LSTM); the chunk's converged states are written
+once and its last state is the next chunk's carry. The shift ``s_{t-1}`` inside a chunk goes
+through the output buffer (stores, a barrier, shifted loads), which stays in cache.
+Indexing is 64-bit; math is fp32 whatever the input dtype.
+"""
+
+import triton
+import triton.language as tl
+
+from .cells import combine_2x2, combine_diagonal, gru_step, gru_vjp, lstm_step, lstm_vjp
+
+
+@triton.jit
+def _chunk_inputs(
+    u_ptr, mask_ptr, keep_ptr, b, t, n, tmask, nmask, T, N, HAS_MASK: tl.constexpr, HAS_KEEP: tl.constexpr
+):
+    """u rows (fp32), and per-step 'real token' and 'keep state' as [CH, 1] columns."""
+    m2 = tmask[:, None] & nmask[None, :]
+    off = u_ptr + (b * T + t.to(tl.int64))[:, None] * (3 * N) + n[None, :]
+    u0 = tl.load(off, mask=m2, other=0.0).to(tl.float32)
+    u1 = tl.load(off + N, mask=m2, other=0.0).to(tl.float32)
+    u2 = tl.load(off + 2 * N, mask=m2, other=0.0).to(tl.float32)
+    real = tmask
+    if HAS_MASK:
+        real = real & (tl.load(mask_ptr + b * T + t, mask=tmask, other=0) != 0)
+    keep = tl.full(t.shape, 1.0, tl.float32)
+    if HAS_KEEP:
+        keep = tl.load(keep_ptr + b * T + t, mask=tmask, other=1.0)
+    return u0, u1, u2, real[:, None], keep[:, None]
+
+
+@triton.jit
+def _row(tile, select):
+    """The row of a [CH, BN] tile where ``select`` ([CH, 1]) is true, as [BN]."""
+    return tl.sum(tl.where(select, tile, 0.0), axis=0)
+
+
+@triton.jit
+def newton_forward_kernel(
+    u_ptr,
+    A_ptr,
+    C_ptr,
+    s0_ptr,
+    mask_ptr,
+    keep_ptr,
+    s_ptr,
+    res_ptr,
+    iters_ptr,
+    T,
+    N,
+    tol,
+    CELL: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_KEEP: tl.constexpr,
+    CH: tl.constexpr,
+    BN: tl.constexpr,
+    MAX_ITERS: tl.constexpr,
+):
+    K: tl.constexpr = CELL + 1  # state rows
+    b = tl.program_id(0).to(tl.int64)
+    nb = tl.program_id(1)
+    n = nb * BN + tl.arange(0, BN)
+    nmask = n < N
+    A0 = tl.load(A_ptr + n, mask=nmask, other=0.0)[None, :]
+    A1 = tl.load(A_ptr + N + n, mask=nmask, other=0.0)[None, :]
+    A2 = tl.load(A_ptr + 2 * N + n, mask=nmask, other=0.0)[None, :]
+    if CELL == 1:
+        C0 = tl.load(C_ptr + n, mask=nmask, other=0.0)[None, :]
+        C1 = tl.load(C_ptr + N + n, mask=nmask, other=0.0)[None, :]
+    h_carry = tl.load(s0_ptr + b * K * N + (K - 1) * N + n, mask=nmask, other=0.0)
+    if CELL == 1:
+        c_carry = tl.load(s0_ptr + b * K * N + n, mask=nmask, other=0.0)
+    worst = tl.zeros([], tl.float32)
+    most_iters = tl.zeros([], tl.int32)
+    local = tl.arange(0, CH)
+    first = (local == 0)[:, None]
+    for c0 in range(0, T, CH):
+        t = c0 + local
+        tmask = t < T
+        m2 = tmask[:, None] & nmask[None, :]
+        last = (local == tl.minimum(CH, T - c0) - 1)[:, None]
+        u0, u1, u2, real, keep = _chunk_inputs(
+            u_ptr, mask_ptr, keep_ptr, b, t, n, tmask, nmask, T, N, HAS_MASK, HAS_KEEP
+        )
+        s_off = s_ptr + (b * T + t.to(tl.int64))[:, None] * (K * N) + n[None, :]
+        prev_off = s_off - K * N
+        pmask = m2 & (local > 0)[:, None]
+        # initial guess: every step from the carried-in state
+        ph = keep * tl.broadcast_to(h_carry[None, :], (CH, BN))
+        if CELL == 0:
+            fh, _ = gru_step(ph, u0, u1, u2, A0, A1, A2)
+            sh = tl.where(real, fh, ph)
+        else:
+            pc = keep * tl.broadcast_to(c_carry[None, :], (CH, BN))
+            fc, fh, _, _, _, _ = lstm_step(pc, ph, u0, u1, u2, A0, A1, A2, C0, C1)
+            sh = tl.where(real, fh, ph)
+            sc = tl.where(real, fc, pc)
+        err = tl.full([], float("inf"), tl.float32)
+        it = tl.zeros([], tl.int32)
+        # err is always the residual of the current iterate: the loop stops once it is below
+        # tol, or after MAX_ITERS updates plus the check of the last one
+        while (err > tol) & (it <= MAX_ITERS):
+            tl.store(s_off + (K - 1) * N, sh, mask=m2)
+            if CELL == 1:
+                tl.store(s_off, sc, mask=m2)
+            tl.debug_barrier()
+            ph = keep * tl.where(first, h_carry[None, :], tl.load(prev_off + (K - 1) * N, mask=pmask, other=0.0))
+            if CELL == 0:
+                fh, J = gru_step(ph, u0, u1, u2, A0, A1, A2)
+                rh = tl.where(m2, tl.where(real, fh, ph) - sh, 0.0)
+                err = tl.max(tl.max(tl.abs(rh), axis=1), axis=0)
+                J = keep * tl.where(real, J, 1.0)
+                _, dh = tl.associative_scan((J, rh), 0, combine_diagonal)
+                go = (err > tol) & (it < MAX_ITERS)
+                sh = tl.where(go, sh + dh, sh)
+            else:
+                pc = keep * tl.where(first, c_carry[None, :], tl.load(prev_off, mask=pmask, other=0.0))
+                fc, fh, jcc, jch, jhc, jhh = lstm_step(pc, ph, u0, u1, u2, A0, A1, A2, C0, C1)
+                rc = tl.where(m2, tl.where(real, fc, pc) - sc, 0.0)
+                rh = tl.where(m2, tl.where(real, fh, ph) - sh, 0.0)
+                err = tl.maximum(tl.max(tl.max(tl.abs(rc), axis=1), axis=0), tl.max(tl.max(tl.abs(rh), axis=1), axis=0))
+                jcc = keep * tl.where(real, jcc, 1.0)
+                jch = keep * tl.where(real, jch, 0.0)
+                jhc = keep * tl.where(real, jhc, 0.0)
+                jhh = keep * tl.where(real, jhh, 1.0)
+                _, _, _, _, dc, dh = tl.associative_scan((jcc, jch, jhc, jhh, rc, rh), 0, combine_2x2)
+                go = (err > tol) & (it < MAX_ITERS)
+                sc = tl.where(go, sc + dc, sc)
+                sh = tl.where(go, sh + dh, sh)
+            tl.debug_barrier()
+            it += 1
+        worst = tl.maximum(worst, err)
+        most_iters = tl.maximum(most_iters, it - 1)
+        tl.store(s_off + (K - 1) * N, sh, mask=m2)
+        h_carry = _row(sh, last)
+        if CELL == 1:
+            tl.store(s_off, sc, mask=m2)
+            c_carry = _row(sc, last)
+    pid = b * tl.num_programs(1) + nb
+    tl.store(res_ptr + pid, worst)
+    tl.store(iters_ptr + pid, most_iters)
+
+
+@triton.jit
+def adjoint_backward_kernel(
+    u_ptr,
+    A_ptr,
+    C_ptr,
+    s0_ptr,
+    s_ptr,
+    mask_ptr,
+    keep_ptr,
+    g_ptr,
+    du_ptr,
+    dA_ptr,
+    dC_ptr,
+    ds0_ptr,
+    T,
+    N,
+    CELL: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_KEEP: tl.constexpr,
+    CH: tl.constexpr,
+    BN: tl.constexpr,
+):
+    """lam_t = g_t + J_{t+1}^T lam_{t+1} by a reverse scan per chunk (chunks last to first,
+    carrying J_{t+1}^T lam_{t+1} across), then the closed-form gradients at every step:
+    dL/du (stored), dL/dA and dL/dC (per batch row, summed by the caller), dL/ds0."""
+    K: tl.constexpr = CELL + 1
+    b = tl.program_id(0).to(tl.int64)
+    nb = tl.program_id(1)
+    n = nb * BN + tl.arange(0, BN)
+    nmask = n < N
+    A0 = tl.load(A_ptr + n, mask=nmask, other=0.0)[None, :]
+    A1 = tl.load(A_ptr + N + n, mask=nmask, other=0.0)[None, :]
+    A2 = tl.load(A_ptr + 2 * N + n, mask=nmask, other=0.0)[None, :]
+    if CELL == 1:
+        C0 = tl.load(C_ptr + n, mask=nmask, other=0.0)[None, :]
+        C1 = tl.load(C_ptr + N + n, mask=nmask, other=0.0)[None, :]
+    mu_h = tl.zeros([BN], tl.float32)  # J_{t+1}^T lam_{t+1} for the step after the current chunk
+    mu_c = tl.zeros([BN], tl.float32)
+    dA0 = tl.zeros([BN], tl.float32)
+    dA1 = tl.zeros([BN], tl.float32)
+    dA2 = tl.zeros([BN], tl.float32)
+    dC0 = tl.zeros([BN], tl.float32)
+    dC1 = tl.zeros([BN], tl.float32)
+    local = tl.arange(0, CH)
+    first = (local == 0)[:, None]
+    n_chunks = tl.cdiv(T, CH)
+    for ci in range(0, n_chunks):
+        c0 = (n_chunks - 1 - ci) * CH
+        t = c0 + local
+        tmask = t < T
+        m2 = tmask[:, None] & nmask[None, :]
+        last = (local == tl.minimum(CH, T - c0) - 1)[:, None]
+        s_off = s_ptr + (b * T + t.to(tl.int64))[:, None] * (K * N) + n[None, :]
+        g_off = g_ptr + (b * T + t.to(tl.int64))[:, None] * (K * N) + n[None, :]
+        # J_{t+1} (inside this chunk) at prev = s_t
+        t1 = t + 1
+        inner = (local < CH - 1) & (t1 < T)
+        m1 = inner[:, None] & nmask[None, :]
+        v0, v1, v2, real1, keep1 = _chunk_inputs(
+            u_ptr, mask_ptr, keep_ptr, b, t1, n, inner, nmask, T, N, HAS_MASK, HAS_KEEP
+        )
+        sh = tl.load(s_off + (K - 1) * N, mask=m2, other=0.0)
+        gh = tl.load(g_off + (K - 1) * N, mask=m2, other=0.0) + tl.where(last, mu_h[None, :], 0.0)
+        if CELL == 0:
+            _, J = gru_step(keep1 * sh, v0, v1, v2, A0, A1, A2)
+            J = tl.where(m1, keep1 * tl.where(real1, J, 1.0), 0.0)
+            _, lam_h = tl.associative_scan((J, gh), 0, combine_diagonal, reverse=True)
+        else:
+            sc = tl.load(s_off, mask=m2, other=0.0)
+            gc = tl.load(g_off, mask=m2, other=0.0) + tl.where(last, mu_c[None, :], 0.0)
+            _, _, jcc, jch, jhc, jhh = lstm_step(keep1 * sc, keep1 * sh, v0, v1, v2, A0, A1, A2, C0, C1)
+            jcc = tl.where(m1, keep1 * tl.where(real1, jcc, 1.0), 0.0)
+            jch = tl.where(m1, keep1 * tl.where(real1, jch, 0.0), 0.0)
+            jhc = tl.where(m1, keep1 * tl.where(real1, jhc, 0.0), 0.0)
+            jhh = tl.where(m1, keep1 * tl.where(real1, jhh, 1.0), 0.0)
+            # the adjoint uses J^T: [[jcc, jhc], [jch, jhh]]
+            _, _, _, _, lam_c, lam_h = tl.associative_scan((jcc, jhc, jch, jhh, gc, gh), 0, combine_2x2, reverse=True)
+        # gradients of step t at prev = s_{t-1} (s0 for t = 0)
+        u0, u1, u2, real, keep = _chunk_inputs(
+            u_ptr, mask_ptr, keep_ptr, b, t, n, tmask, nmask, T, N, HAS_MASK, HAS_KEEP
+        )
+        at0 = (t == 0)[:, None]
+        pmask = m2 & (t > 0)[:, None]
+        ph = tl.load(s_off - K * N + (K - 1) * N, mask=pmask, other=0.0)
+        ph = keep * tl.where(at0, tl.load(s0_ptr + b * K * N + (K - 1) * N + n, mask=nmask, other=0.0)[None, :], ph)
+        lam_fh = tl.where(real & m2, lam_h, 0.0)
+        du_off = du_ptr + (b * T + t.to(tl.int64))[:, None] * (3 * N) + n[None, :]
+        if CELL == 0:
+            d0, d1, d2, a0, a1, a2, dh = gru_vjp(ph, u0, u1, u2, A0, A1, A2, lam_fh)
+            dh = keep * (dh + tl.where(real, 0.0, lam_h))
+        else:
+            pc = tl.load(s_off - K * N, mask=pmask, other=0.0)
+            pc = keep * tl.where(at0, tl.load(s0_ptr + b * K * N + n, mask=nmask, other=0.0)[None, :], pc)
+            lam_fc = tl.where(real & m2, lam_c, 0.0)
+            d0, d1, d2, a0, a1, a2, e0, e1, dc, dh = lstm_vjp(pc, ph, u0, u1, u2, A0, A1, A2, C0, C1, lam_fc, lam_fh)
+            dc = keep * (dc + tl.where(real, 0.0, lam_c))
+            dh = keep * (dh + tl.where(real, 0.0, lam_h))
+            dC0 += tl.sum(tl.where(m2, e0, 0.0), axis=0)
+            dC1 += tl.sum(tl.where(m2, e1, 0.0), axis=0)
+            mu_c = _row(dc, first)
+        tl.store(du_off, d0, mask=m2)
+        tl.store(du_off + N, d1, mask=m2)
+        tl.store(du_off + 2 * N, d2, mask=m2)
+        dA0 += tl.sum(tl.where(m2, a0, 0.0), axis=0)
+        dA1 += tl.sum(tl.where(m2, a1, 0.0), axis=0)
+        dA2 += tl.sum(tl.where(m2, a2, 0.0), axis=0)
+        mu_h = _row(dh, first)
+    tl.store(ds0_ptr + b * K * N + (K - 1) * N + n, mu_h, mask=nmask)
+    tl.store(dA_ptr + b * 3 * N + n, dA0, mask=nmask)
+    tl.store(dA_ptr + b * 3 * N + N + n, dA1, mask=nmask)
+    tl.store(dA_ptr + b * 3 * N + 2 * N + n, dA2, mask=nmask)
+    if CELL == 1:
+        tl.store(ds0_ptr + b * K * N + n, mu_c, mask=nmask)
+        tl.store(dC_ptr + b * 2 * N + n, dC0, mask=nmask)
+        tl.store(dC_ptr + b * 2 * N + N + n, dC1, mask=nmask)
+
+
+@triton.jit
+def decode_step_kernel(u_ptr, A_ptr, C_ptr, s_ptr, out_ptr, N, CELL: tl.constexpr, BN: tl.constexpr):
+    """One token through one layer's cell: state [B, K, N] and u [B, 3, N] -> new state."""
+    K: tl.constexpr = CELL + 1
+    b = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1) * BN + tl.arange(0, BN)
+    nmask = n < N
+    u_off = u_ptr + b * 3 * N + n
+    u0 = tl.load(u_off, mask=nmask, other=0.0).to(tl.float32)
+    u1 = tl.load(u_off + N, mask=nmask, other=0.0).to(tl.float32)
+    u2 = tl.load(u_off + 2 * N, mask=nmask, other=0.0).to(tl.float32)
+    A0 = tl.load(A_ptr + n, mask=nmask, other=0.0)
+    A1 = tl.load(A_ptr + N + n, mask=nmask, other=0.0)
+    A2 = tl.load(A_ptr + 2 * N + n, mask=nmask, other=0.0)
+    h = tl.load(s_ptr + b * K * N + (K - 1) * N + n, mask=nmask, other=0.0)
+    if CELL == 0:
+        h_new, _ = gru_step(h, u0, u1, u2, A0, A1, A2)
+    else:
+        C0 = tl.load(C_ptr + n, mask=nmask, other=0.0)
+        C1 = tl.load(C_ptr + N + n, mask=nmask, other=0.0)
+        c = tl.load(s_ptr + b * K * N + n, mask=nmask, other=0.0)
+        c_new, h_new, _, _, _, _ = lstm_step(c, h, u0, u1, u2, A0, A1, A2, C0, C1)
+        tl.store(out_ptr + b * K * N + n, c_new, mask=nmask)
+    tl.store(out_ptr + b * K * N + (K - 1) * N + n, h_new, mask=nmask)

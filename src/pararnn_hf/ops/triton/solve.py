@@ -1,0 +1,164 @@
+"""Host side of the Triton backend: launches the kernels and keeps the SPEC §3 convergence
+rule (measure the residual, fall back to the exact loop and say so when Newton did not
+converge). The torch backend is the reference these are tested against."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+import triton
+from torch import Tensor
+
+from ..newton import SolveInfo, default_tolerance
+from ..sequential import sequential_solve
+from . import interpreter_enabled
+from .kernels import adjoint_backward_kernel, decode_step_kernel, newton_forward_kernel
+
+CELL_IDS = {"gru": 0, "lstm": 1}
+# Tests set this to catch elements a kernel forgets to write.
+FILL_OUTPUTS_WITH_NAN = False
+
+
+def _tile_sizes() -> tuple[int, int]:
+    """(time chunk CH, channels per program BN). The interpreter runs every element in
+    Python, so it gets small tiles; on GPUs a 32 x 32 tile per program keeps B * N / 32
+    programs in flight."""
+    return (8, 16) if interpreter_enabled() else (32, 32)
+
+
+def _new(shape, like: Tensor, dtype=torch.float32) -> Tensor:
+    if FILL_OUTPUTS_WITH_NAN:
+        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
+    return torch.empty(shape, dtype=dtype, device=like.device)
+
+
+def _step_flags(mask: Tensor | None, keep: Tensor | None, B: int, T: int, like: Tensor):
+    """The solver's [B, T, 1, 1] mask/keep as flat [B, T] int8 / fp32 (or 1-element dummies)."""
+    dummy = like.new_zeros(1)
+    m = mask.reshape(B, T).to(torch.int8).contiguous() if mask is not None else dummy
+    k = keep.reshape(B, T).to(torch.float32).contiguous() if keep is not None else dummy
+    return m, k
+
+
+def triton_newton_forward(
+    cell: ModuleType,
+    u: Tensor,
+    A: Tensor,
+    C: Tensor | None,
+    s0: Tensor,
+    mask: Tensor | None,
+    keep: Tensor | None,
+    max_iterations: int,
+    tolerance: float | None,
+) -> tuple[Tensor, SolveInfo]:
+    B, T, G, N = u.shape
+    K = len(cell.STATE_ROWS)
+    CH, BN = _tile_sizes()
+    tol = default_tolerance(torch.float32) if tolerance is None else tolerance
+    scale = max(1.0, s0.abs().amax().item()) if s0.numel() else 1.0
+    u = u.contiguous()
+    A32 = A.float().contiguous()
+    C32 = C.float().contiguous() if C is not None else A32
+    s0 = s0.float().contiguous()
+    s = _new((B, T, K, N), u)
+    grid = (B, triton.cdiv(N, BN))
+    res = _new((grid[0] * grid[1],), u)
+    iters = torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=u.device)
+    m, k = _step_flags(mask, keep, B, T, u)
+    newton_forward_kernel[grid](
+        u,
+        A32,
+        C32,
+        s0,
+        m,
+        k,
+        s,
+        res,
+        iters,
+        T,
+        N,
+        tol * scale,
+        CELL=CELL_IDS[cell.NAME],
+        HAS_MASK=mask is not None,
+        HAS_KEEP=keep is not None,
+        CH=CH,
+        BN=BN,
+        MAX_ITERS=max_iterations,
+    )
+    residual = res.max().item() / scale
+    info = SolveInfo("triton", iterations=int(iters.max().item()), residual=residual)
+    if residual != residual or residual == float("inf"):
+        info.finite = False
+        return s, info
+    if residual > tol:
+        # some chunk did not converge: redo the whole sequence exactly
+        info.converged, info.fallback_from = False, 0
+        C_ref = None if C is None else C32
+        s = sequential_solve(cell, u.float(), A32, C_ref, s0, mask, keep)
+    return s, info
+
+
+def triton_adjoint_backward(
+    cell: ModuleType,
+    u: Tensor,
+    A: Tensor,
+    C: Tensor | None,
+    s0: Tensor,
+    s: Tensor,
+    mask: Tensor | None,
+    keep: Tensor | None,
+    grad_s: Tensor,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    B, T, G, N = u.shape
+    K = len(cell.STATE_ROWS)
+    CH, BN = _tile_sizes()
+    A32 = A.float().contiguous()
+    C32 = C.float().contiguous() if C is not None else A32
+    du = _new((B, T, G, N), u)
+    dA = _new((B, 3, N), u)
+    dC = _new((B, 2, N), u) if C is not None else dA
+    ds0 = _new((B, K, N), u)
+    m, k = _step_flags(mask, keep, B, T, u)
+    grid = (B, triton.cdiv(N, BN))
+    adjoint_backward_kernel[grid](
+        u.contiguous(),
+        A32,
+        C32,
+        s0.float().contiguous(),
+        s.contiguous(),
+        m,
+        k,
+        grad_s.float().contiguous(),
+        du,
+        dA,
+        dC,
+        ds0,
+        T,
+        N,
+        CELL=CELL_IDS[cell.NAME],
+        HAS_MASK=mask is not None,
+        HAS_KEEP=keep is not None,
+        CH=CH,
+        BN=BN,
+    )
+    return du.to(u.dtype), dA.sum(0).to(A.dtype), (dC.sum(0).to(C.dtype) if C is not None else None), ds0
+
+
+def triton_decode_step(cell: ModuleType, s0: Tensor, u: Tensor, A: Tensor, C: Tensor | None) -> Tensor:
+    """One step for every row: ``s0`` [B, K, N] fp32, ``u`` [B, 3, N] -> new state [B, K, N]."""
+    B, K, N = s0.shape
+    _, BN = _tile_sizes()
+    A32 = A.float().contiguous()
+    out = _new((B, K, N), u)
+    decode_step_kernel[(B, triton.cdiv(N, BN))](
+        u.contiguous(),
+        A32,
+        C.float().contiguous() if C is not None else A32,
+        s0.float().contiguous(),
+        out,
+        N,
+        CELL=CELL_IDS[cell.NAME],
+        BN=BN,
+    )
+    return out

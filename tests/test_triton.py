@@ -1,0 +1,156 @@
+"""The Triton kernels against the torch backend, run by the Triton interpreter on CPU
+(TRITON_INTERPRET=1, set in conftest.py): outputs, final states and the gradients of every
+input, both cells, with initial states, masks and resets, at awkward sizes and over several
+time chunks (the interpreter uses 8-step chunks and 16-channel blocks). Kernel outputs are
+pre-filled with NaN so an element a kernel forgets to write fails the comparison.
+
+Tolerance: fp32 kernels against the fp32 torch backend agree to ~3e-7 relative; 2e-6 leaves
+room for the different summation orders of the scans and of dA/dC over batch and time."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from helpers import rel_err, tiny_model
+from pararnn_hf import ParaGRU, ParaLSTM, ParaRNNConvergenceWarning
+from pararnn_hf.ops.triton import solve as triton_solve
+
+LAYERS = {"gru": ParaGRU, "lstm": ParaLSTM}
+TOL = 2e-6
+
+
+@pytest.fixture(autouse=True)
+def _nan_outputs(monkeypatch):
+    monkeypatch.setattr(triton_solve, "FILL_OUTPUTS_WITH_NAN", True)
+
+
+def run_both(layer, x, init, mask, resets):
+    results = {}
+    for backend in ("torch", "triton"):
+        layer.backend = backend
+        layer.zero_grad()
+        xb = x.detach().clone().requires_grad_()
+        initb = tuple(t.detach().clone().requires_grad_() for t in init)
+        y, state = layer(
+            xb, initial_state=initb[0] if len(initb) == 1 else initb, mask=mask, resets=resets, return_state=True
+        )
+        final = (state,) if isinstance(state, torch.Tensor) else state
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+        loss = (y * w).sum() + sum((f * (i + 2)).sum() for i, f in enumerate(final))
+        loss.backward()
+        assert layer.last_solve_info.method == backend or backend == "torch"
+        results[backend] = {
+            "y": y.detach(),
+            "final": [f.detach() for f in final],
+            "dx": xb.grad,
+            "dinit": [t.grad for t in initb],
+            "params": {n: p.grad.clone() for n, p in layer.named_parameters()},
+        }
+    return results["triton"], results["torch"]
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+@pytest.mark.parametrize(
+    "B,T,N,H,padded",
+    [(2, 1, 12, 2, False), (1, 9, 8, 1, False), (2, 63, 24, 3, True), (3, 65, 12, 4, True)],
+)
+def test_triton_matches_torch_backend(name, B, T, N, H, padded):
+    torch.manual_seed(T + N)
+    layer = LAYERS[name](N, N, num_heads=H, init_recurrent_std=0.4)
+    with torch.no_grad():
+        layer.b.add_(0.3 * torch.randn_like(layer.b))
+    x = torch.randn(B, T, N)
+    init = tuple(0.4 * torch.randn(B, N) for _ in layer.cell.STATE_ROWS)
+    mask = resets = None
+    if padded:
+        mask = torch.ones(B, T, dtype=torch.long)
+        mask[1, : T // 3] = 0  # left padding
+        mask[0, T // 2] = 0
+        resets = torch.zeros(B, T, dtype=torch.bool)
+        resets[0, [0, 17, T - 1]] = True
+    tri, ref = run_both(layer, x, init, mask, resets)
+    assert torch.isfinite(tri["y"]).all()
+    assert rel_err(tri["y"], ref["y"]) < TOL
+    for a, b in zip(tri["final"], ref["final"]):
+        assert rel_err(a, b) < TOL
+    assert rel_err(tri["dx"], ref["dx"]) < TOL
+    for a, b in zip(tri["dinit"], ref["dinit"]):
+        assert rel_err(a, b) < TOL
+    for n in ref["params"]:
+        assert rel_err(tri["params"][n], ref["params"][n]) < TOL, n
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
+def test_half_precision_inputs(name, dtype, tol):
+    """bf16/fp16 weights and inputs, fp32 recurrence: close to the fp32 layer (the tolerance
+    is the projection's rounding in the input dtype, as for the torch backend)."""
+    layer = LAYERS[name](16, 24, num_heads=2, init_recurrent_std=0.3, backend="torch")
+    x = torch.randn(2, 20, 16)
+    y32 = layer(x)
+    half = LAYERS[name](16, 24, num_heads=2, backend="triton").to(dtype)
+    half.load_state_dict(layer.state_dict())
+    y = half(x.to(dtype))
+    assert y.dtype == dtype and half.last_solve_info.method == "triton"
+    assert rel_err(y, y32) < tol
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_decode_step_kernel_matches_torch_step(name):
+    layer = LAYERS[name](12, 20, num_heads=2, init_recurrent_std=0.5)
+    x = torch.randn(3, 12)
+    state = tuple(0.5 * torch.randn(3, 20) for _ in layer.cell.STATE_ROWS)
+    state = state[0] if len(state) == 1 else state
+    with torch.no_grad():
+        layer.backend = "torch"
+        y_ref, s_ref = layer.step(x, state)
+        layer.backend = "triton"
+        y, s = layer.step(x, state)
+    assert rel_err(y, y_ref) < TOL
+    for a, b in zip((s,) if name == "gru" else s, (s_ref,) if name == "gru" else s_ref):
+        assert rel_err(a, b) < TOL
+
+
+def test_decode_step_with_gradients_uses_the_differentiable_path():
+    layer = ParaGRU(8, 8, backend="triton")
+    y, h = layer.step(torch.randn(2, 8))
+    y.sum().backward()
+    assert layer.A.grad is not None
+
+
+def test_non_converging_chunks_fall_back_to_the_exact_loop():
+    layer = ParaGRU(8, 16, backend="triton", init_recurrent_std=6.0, newton_max_iterations=1)
+    with torch.no_grad():
+        layer.B.mul_(4)
+    x = torch.randn(1, 30, 8)
+    with pytest.warns(ParaRNNConvergenceWarning):
+        y = layer(x)
+    assert not layer.last_solve_info.converged
+    layer.backend = "sequential"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert rel_err(y, layer(x)) < 1e-6
+
+
+def test_generation_with_the_triton_backend():
+    model = tiny_model("lstm", backend="triton")
+    prompt = torch.randint(3, 300, (2, 11))
+    out = model.generate(prompt, max_new_tokens=4, do_sample=False)
+    assert model.model.layers[0].mixer.cell.last_solve_info.method == "triton"
+    ref = tiny_model("lstm", backend="torch").generate(prompt, max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, ref)
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = (
+        "import torch\nfrom pararnn_hf import ParaGRU\n"
+        "try:\n    ParaGRU(4, 4, backend='triton')(torch.randn(1, 3, 4))\n"
+        "except RuntimeError as err:\n    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert "backend='triton' cannot run on cpu tensors here" in out.stdout, out.stderr[-2000:]
