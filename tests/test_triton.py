@@ -17,10 +17,13 @@ import torch
 
 from helpers import rel_err, tiny_model
 from pararnn_hf import ParaGRU, ParaLSTM, ParaRNNConvergenceWarning
+from pararnn_hf.ops.triton import interpreter_enabled
 from pararnn_hf.ops.triton import solve as triton_solve
 
 LAYERS = {"gru": ParaGRU, "lstm": ParaLSTM}
 TOL = 2e-6
+# On a GPU machine run with TRITON_INTERPRET=0 to compile the kernels for CUDA instead.
+DEVICE = "cuda" if torch.cuda.is_available() and not interpreter_enabled() else "cpu"
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +32,10 @@ def _nan_outputs(monkeypatch):
 
 
 def run_both(layer, x, init, mask, resets):
+    layer.to(DEVICE)
+    x, init = x.to(DEVICE), tuple(t.to(DEVICE) for t in init)
+    mask = None if mask is None else mask.to(DEVICE)
+    resets = None if resets is None else resets.to(DEVICE)
     results = {}
     for backend in ("torch", "triton"):
         layer.backend = backend
@@ -39,7 +46,7 @@ def run_both(layer, x, init, mask, resets):
             xb, initial_state=initb[0] if len(initb) == 1 else initb, mask=mask, resets=resets, return_state=True
         )
         final = (state,) if isinstance(state, torch.Tensor) else state
-        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
         loss = (y * w).sum() + sum((f * (i + 2)).sum() for i, f in enumerate(final))
         loss.backward()
         assert layer.last_solve_info.method == backend or backend == "torch"
@@ -89,10 +96,10 @@ def test_triton_matches_torch_backend(name, B, T, N, H, padded):
 def test_half_precision_inputs(name, dtype, tol):
     """bf16/fp16 weights and inputs, fp32 recurrence: close to the fp32 layer (the tolerance
     is the projection's rounding in the input dtype, as for the torch backend)."""
-    layer = LAYERS[name](16, 24, num_heads=2, init_recurrent_std=0.3, backend="torch")
-    x = torch.randn(2, 20, 16)
+    layer = LAYERS[name](16, 24, num_heads=2, init_recurrent_std=0.3, backend="torch").to(DEVICE)
+    x = torch.randn(2, 20, 16, device=DEVICE)
     y32 = layer(x)
-    half = LAYERS[name](16, 24, num_heads=2, backend="triton").to(dtype)
+    half = LAYERS[name](16, 24, num_heads=2, backend="triton").to(DEVICE, dtype)
     half.load_state_dict(layer.state_dict())
     y = half(x.to(dtype))
     assert y.dtype == dtype and half.last_solve_info.method == "triton"
@@ -101,9 +108,9 @@ def test_half_precision_inputs(name, dtype, tol):
 
 @pytest.mark.parametrize("name", ["gru", "lstm"])
 def test_decode_step_kernel_matches_torch_step(name):
-    layer = LAYERS[name](12, 20, num_heads=2, init_recurrent_std=0.5)
-    x = torch.randn(3, 12)
-    state = tuple(0.5 * torch.randn(3, 20) for _ in layer.cell.STATE_ROWS)
+    layer = LAYERS[name](12, 20, num_heads=2, init_recurrent_std=0.5).to(DEVICE)
+    x = torch.randn(3, 12, device=DEVICE)
+    state = tuple(0.5 * torch.randn(3, 20, device=DEVICE) for _ in layer.cell.STATE_ROWS)
     state = state[0] if len(state) == 1 else state
     with torch.no_grad():
         layer.backend = "torch"
@@ -116,17 +123,17 @@ def test_decode_step_kernel_matches_torch_step(name):
 
 
 def test_decode_step_with_gradients_uses_the_differentiable_path():
-    layer = ParaGRU(8, 8, backend="triton")
-    y, h = layer.step(torch.randn(2, 8))
+    layer = ParaGRU(8, 8, backend="triton").to(DEVICE)
+    y, h = layer.step(torch.randn(2, 8, device=DEVICE))
     y.sum().backward()
     assert layer.A.grad is not None
 
 
 def test_non_converging_chunks_fall_back_to_the_exact_loop():
-    layer = ParaGRU(8, 16, backend="triton", init_recurrent_std=6.0, newton_max_iterations=1)
+    layer = ParaGRU(8, 16, backend="triton", init_recurrent_std=6.0, newton_max_iterations=1).to(DEVICE)
     with torch.no_grad():
         layer.B.mul_(4)
-    x = torch.randn(1, 30, 8)
+    x = torch.randn(1, 30, 8, device=DEVICE)
     with pytest.warns(ParaRNNConvergenceWarning):
         y = layer(x)
     assert not layer.last_solve_info.converged
@@ -137,12 +144,24 @@ def test_non_converging_chunks_fall_back_to_the_exact_loop():
 
 
 def test_generation_with_the_triton_backend():
-    model = tiny_model("lstm", backend="triton")
-    prompt = torch.randint(3, 300, (2, 11))
+    model = tiny_model("lstm", backend="triton").to(DEVICE)
+    prompt = torch.randint(3, 300, (2, 11), device=DEVICE)
     out = model.generate(prompt, max_new_tokens=4, do_sample=False)
     assert model.model.layers[0].mixer.cell.last_solve_info.method == "triton"
-    ref = tiny_model("lstm", backend="torch").generate(prompt, max_new_tokens=4, do_sample=False)
+    ref = tiny_model("lstm", backend="torch").to(DEVICE).generate(prompt, max_new_tokens=4, do_sample=False)
     assert torch.equal(out, ref)
+
+
+def test_kernel_benchmark_script_runs(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_kernels.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--smoke", "--cells", "gru", "--dtypes", "float32", "--out", str(tmp_path / "k.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "check y" in proc.stdout and (tmp_path / "k.json").is_file()
 
 
 def test_triton_on_cpu_without_interpreter_is_a_clear_error():
