@@ -36,6 +36,21 @@ def _chunk_inputs(
 
 
 @triton.jit
+def _cell_parameters(A_ptr, C_ptr, n, nmask, N, CELL: tl.constexpr):
+    """Rows of A (and C for the LSTM; zeros for the GRU, which has none) as [1, BN]."""
+    A0 = tl.load(A_ptr + n, mask=nmask, other=0.0)[None, :]
+    A1 = tl.load(A_ptr + N + n, mask=nmask, other=0.0)[None, :]
+    A2 = tl.load(A_ptr + 2 * N + n, mask=nmask, other=0.0)[None, :]
+    if CELL == 1:
+        C0 = tl.load(C_ptr + n, mask=nmask, other=0.0)[None, :]
+        C1 = tl.load(C_ptr + N + n, mask=nmask, other=0.0)[None, :]
+    else:
+        C0 = tl.zeros_like(A0)
+        C1 = tl.zeros_like(A0)
+    return A0, A1, A2, C0, C1
+
+
+@triton.jit
 def _row(tile, select):
     """The row of a [CH, BN] tile where ``select`` ([CH, 1]) is true, as [BN]."""
     return tl.sum(tl.where(select, tile, 0.0), axis=0)
@@ -67,12 +82,7 @@ def newton_forward_kernel(
     nb = tl.program_id(1)
     n = nb * BN + tl.arange(0, BN)
     nmask = n < N
-    A0 = tl.load(A_ptr + n, mask=nmask, other=0.0)[None, :]
-    A1 = tl.load(A_ptr + N + n, mask=nmask, other=0.0)[None, :]
-    A2 = tl.load(A_ptr + 2 * N + n, mask=nmask, other=0.0)[None, :]
-    if CELL == 1:
-        C0 = tl.load(C_ptr + n, mask=nmask, other=0.0)[None, :]
-        C1 = tl.load(C_ptr + N + n, mask=nmask, other=0.0)[None, :]
+    A0, A1, A2, C0, C1 = _cell_parameters(A_ptr, C_ptr, n, nmask, N, CELL)
     h_carry = tl.load(s0_ptr + b * K * N + (K - 1) * N + n, mask=nmask, other=0.0)
     if CELL == 1:
         c_carry = tl.load(s0_ptr + b * K * N + n, mask=nmask, other=0.0)
@@ -177,12 +187,7 @@ def adjoint_backward_kernel(
     nb = tl.program_id(1)
     n = nb * BN + tl.arange(0, BN)
     nmask = n < N
-    A0 = tl.load(A_ptr + n, mask=nmask, other=0.0)[None, :]
-    A1 = tl.load(A_ptr + N + n, mask=nmask, other=0.0)[None, :]
-    A2 = tl.load(A_ptr + 2 * N + n, mask=nmask, other=0.0)[None, :]
-    if CELL == 1:
-        C0 = tl.load(C_ptr + n, mask=nmask, other=0.0)[None, :]
-        C1 = tl.load(C_ptr + N + n, mask=nmask, other=0.0)[None, :]
+    A0, A1, A2, C0, C1 = _cell_parameters(A_ptr, C_ptr, n, nmask, N, CELL)
     mu_h = tl.zeros([BN], tl.float32)  # J_{t+1}^T lam_{t+1} for the step after the current chunk
     mu_c = tl.zeros([BN], tl.float32)
     dA0 = tl.zeros([BN], tl.float32)
