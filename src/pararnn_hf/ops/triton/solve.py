@@ -4,6 +4,7 @@ converge). The torch backend is the reference these are tested against."""
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 import torch
@@ -88,7 +89,7 @@ def triton_newton_forward(
     )
     residual = res.max().item() / scale
     info = SolveInfo("triton", iterations=int(iters.max().item()), residual=residual)
-    if residual != residual or residual == float("inf"):
+    if not math.isfinite(residual):
         info.finite = False
         return s, info
     if residual > tol:
