@@ -250,10 +250,12 @@ class ParaRNNLayer(nn.Module):
             y = x.new_zeros(batch, 0, self.state_size)
             return (y, self._public_state(s0)) if return_state else y
         keep = None if r is None else (~r).to(dtype)
-        u = self.project(x).to(dtype)
+        u = self.project(x)
+        method = select_method(self.backend, u, self.state_rows)
+        if method != "triton":  # the kernels read bf16/fp16 u as is and compute in fp32
+            u = u.to(dtype)
         A = self.A.to(dtype)
         C = None if self.C is None else self.C.to(dtype)
-        method = select_method(self.backend, u, self.state_rows)
         s, info = solve(self.cell, u, A, C, s0, m, keep, method, self.newton_max_iterations, self.newton_tolerance)
         self.last_solve_info = info
         if not info.finite:

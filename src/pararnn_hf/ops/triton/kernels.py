@@ -13,7 +13,25 @@ Indexing is 64-bit; math is fp32 whatever the input dtype.
 import triton
 import triton.language as tl
 
+from . import interpreter_enabled
 from .cells import combine_2x2, combine_diagonal, gru_step, gru_vjp, lstm_step, lstm_vjp
+
+
+def _configs(shapes: list[tuple[int, int, int]]) -> list[triton.Config]:
+    """(CH, BN, num_warps) candidates; the interpreter has no driver to time them, so it gets
+    one small tile (every element is Python work there)."""
+    if interpreter_enabled():
+        return [triton.Config({"CH": 8, "BN": 16}, num_warps=1)]
+    return [triton.Config({"CH": ch, "BN": bn}, num_warps=w) for ch, bn, w in shapes]
+
+
+# Chunk lengths trade scan depth against how often the chunk carry serialises; channel
+# blocks trade programs in flight (B * N / BN) against per-program work.
+SEQUENCE_CONFIGS = _configs([(16, 32, 4), (32, 32, 4), (64, 32, 8), (32, 64, 8), (16, 64, 4), (32, 16, 2)])
+STEP_CONFIGS = [triton.Config({"BN": bn}, num_warps=w) for bn, w in ((128, 4), (256, 4), (512, 8))]
+if interpreter_enabled():
+    STEP_CONFIGS = [triton.Config({"BN": 16}, num_warps=1)]
+MIN_BN = min(c.kwargs["BN"] for c in SEQUENCE_CONFIGS)
 
 
 @triton.jit
@@ -56,6 +74,7 @@ def _row(tile, select):
     return tl.sum(tl.where(select, tile, 0.0), axis=0)
 
 
+@triton.autotune(configs=SEQUENCE_CONFIGS, key=["N", "CELL"])
 @triton.jit
 def newton_forward_kernel(
     u_ptr,
@@ -73,9 +92,10 @@ def newton_forward_kernel(
     CELL: tl.constexpr,
     HAS_MASK: tl.constexpr,
     HAS_KEEP: tl.constexpr,
+    MAX_ITERS: tl.constexpr,
+    MIN_BN: tl.constexpr,
     CH: tl.constexpr,
     BN: tl.constexpr,
-    MAX_ITERS: tl.constexpr,
 ):
     K: tl.constexpr = CELL + 1  # state rows
     b = tl.program_id(0).to(tl.int64)
@@ -152,11 +172,13 @@ def newton_forward_kernel(
         if CELL == 1:
             tl.store(s_off, sc, mask=m2)
             c_carry = _row(sc, last)
-    pid = b * tl.num_programs(1) + nb
+    # one slot per program; the buffers are sized for the smallest BN, unused slots stay 0
+    pid = b * tl.cdiv(N, MIN_BN) + nb
     tl.store(res_ptr + pid, worst)
     tl.store(iters_ptr + pid, most_iters)
 
 
+@triton.autotune(configs=SEQUENCE_CONFIGS, key=["N", "CELL"])
 @triton.jit
 def adjoint_backward_kernel(
     u_ptr,
@@ -269,6 +291,7 @@ def adjoint_backward_kernel(
         tl.store(dC_ptr + b * 2 * N + N + n, dC1, mask=nmask)
 
 
+@triton.autotune(configs=STEP_CONFIGS, key=["N", "CELL"])
 @triton.jit
 def decode_step_kernel(u_ptr, A_ptr, C_ptr, s_ptr, out_ptr, N, CELL: tl.constexpr, BN: tl.constexpr):
     """One token through one layer's cell: state [B, K, N] and u [B, 3, N] -> new state."""

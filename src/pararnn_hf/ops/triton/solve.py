@@ -13,19 +13,16 @@ from torch import Tensor
 
 from ..newton import SolveInfo, default_tolerance
 from ..sequential import sequential_solve
-from . import interpreter_enabled
-from .kernels import adjoint_backward_kernel, decode_step_kernel, newton_forward_kernel
+from .kernels import MIN_BN, adjoint_backward_kernel, decode_step_kernel, newton_forward_kernel
 
 CELL_IDS = {"gru": 0, "lstm": 1}
 # Tests set this to catch elements a kernel forgets to write.
 FILL_OUTPUTS_WITH_NAN = False
 
 
-def _tile_sizes() -> tuple[int, int]:
-    """(time chunk CH, channels per program BN). The interpreter runs every element in
-    Python, so it gets small tiles; on GPUs a 32 x 32 tile per program keeps B * N / 32
-    programs in flight."""
-    return (8, 16) if interpreter_enabled() else (32, 32)
+def _grid(B: int, N: int):
+    """One program per (batch row, block of BN channels); BN comes from the autotuner."""
+    return lambda meta: (B, triton.cdiv(N, meta["BN"]))
 
 
 def _new(shape, like: Tensor, dtype=torch.float32) -> Tensor:
@@ -55,7 +52,6 @@ def triton_newton_forward(
 ) -> tuple[Tensor, SolveInfo]:
     B, T, G, N = u.shape
     K = len(cell.STATE_ROWS)
-    CH, BN = _tile_sizes()
     tol = default_tolerance(torch.float32) if tolerance is None else tolerance
     scale = max(1.0, s0.abs().amax().item()) if s0.numel() else 1.0
     u = u.contiguous()
@@ -63,11 +59,11 @@ def triton_newton_forward(
     C32 = C.float().contiguous() if C is not None else A32
     s0 = s0.float().contiguous()
     s = _new((B, T, K, N), u)
-    grid = (B, triton.cdiv(N, BN))
-    res = _new((grid[0] * grid[1],), u)
-    iters = torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=u.device)
+    slots = B * triton.cdiv(N, MIN_BN)  # one per program for any autotuned BN; unused stay 0
+    res = torch.zeros(slots, dtype=torch.float32, device=u.device)
+    iters = torch.zeros(slots, dtype=torch.int32, device=u.device)
     m, k = _step_flags(mask, keep, B, T, u)
-    newton_forward_kernel[grid](
+    newton_forward_kernel[_grid(B, N)](
         u,
         A32,
         C32,
@@ -83,9 +79,8 @@ def triton_newton_forward(
         CELL=CELL_IDS[cell.NAME],
         HAS_MASK=mask is not None,
         HAS_KEEP=keep is not None,
-        CH=CH,
-        BN=BN,
         MAX_ITERS=max_iterations,
+        MIN_BN=MIN_BN,
     )
     residual = res.max().item() / scale
     info = SolveInfo("triton", iterations=int(iters.max().item()), residual=residual)
@@ -113,7 +108,6 @@ def triton_adjoint_backward(
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     B, T, G, N = u.shape
     K = len(cell.STATE_ROWS)
-    CH, BN = _tile_sizes()
     A32 = A.float().contiguous()
     C32 = C.float().contiguous() if C is not None else A32
     du = _new((B, T, G, N), u)
@@ -121,8 +115,7 @@ def triton_adjoint_backward(
     dC = _new((B, 2, N), u) if C is not None else dA
     ds0 = _new((B, K, N), u)
     m, k = _step_flags(mask, keep, B, T, u)
-    grid = (B, triton.cdiv(N, BN))
-    adjoint_backward_kernel[grid](
+    adjoint_backward_kernel[_grid(B, N)](
         u.contiguous(),
         A32,
         C32,
@@ -140,8 +133,6 @@ def triton_adjoint_backward(
         CELL=CELL_IDS[cell.NAME],
         HAS_MASK=mask is not None,
         HAS_KEEP=keep is not None,
-        CH=CH,
-        BN=BN,
     )
     return du.to(u.dtype), dA.sum(0).to(A.dtype), (dC.sum(0).to(C.dtype) if C is not None else None), ds0
 
@@ -149,10 +140,9 @@ def triton_adjoint_backward(
 def triton_decode_step(cell: ModuleType, s0: Tensor, u: Tensor, A: Tensor, C: Tensor | None) -> Tensor:
     """One step for every row: ``s0`` [B, K, N] fp32, ``u`` [B, 3, N] -> new state [B, K, N]."""
     B, K, N = s0.shape
-    _, BN = _tile_sizes()
     A32 = A.float().contiguous()
     out = _new((B, K, N), u)
-    decode_step_kernel[(B, triton.cdiv(N, BN))](
+    decode_step_kernel[_grid(B, N)](
         u.contiguous(),
         A32,
         C.float().contiguous() if C is not None else A32,
@@ -160,6 +150,5 @@ def triton_decode_step(cell: ModuleType, s0: Tensor, u: Tensor, A: Tensor, C: Te
         out,
         N,
         CELL=CELL_IDS[cell.NAME],
-        BN=BN,
     )
     return out
