@@ -10,14 +10,20 @@ from pararnn_hf.cells import get_cell, gru, lstm
 from pararnn_hf.ops.transition import Transition
 
 
-def spec_gru_step(h, x, A, B, b, H):
-    """SPEC §2 ParaGRU, with the head-blocked projection written as explicit loops."""
-    N = A.shape[1]
+def spec_projection(x, B, b, H):
+    """u[:, g, h*(N/H)+j] = sum_i x[:, h*d+i] B[h, i, g, j] + b[g, h*(N/H)+j], as explicit loops."""
+    N = b.shape[1]
     d = x.shape[-1] // H
     u = b.clone().expand(x.shape[0], 3, N).clone()
     for head in range(H):
         for g in range(3):
             u[:, g, head * (N // H) : (head + 1) * (N // H)] += x[:, head * d : (head + 1) * d] @ B[head, :, g, :]
+    return u
+
+
+def spec_gru_step(h, x, A, B, b, H):
+    """SPEC §2 ParaGRU."""
+    u = spec_projection(x, B, b, H)
     z = torch.sigmoid(A[0] * h + u[:, 0])
     r = torch.sigmoid(A[1] * h + u[:, 1])
     c = torch.tanh(A[2] * (r * h) + u[:, 2])
@@ -25,12 +31,8 @@ def spec_gru_step(h, x, A, B, b, H):
 
 
 def spec_lstm_step(c, h, x, A, B, b, C, H):
-    N = A.shape[1]
-    d = x.shape[-1] // H
-    u = b.clone().expand(x.shape[0], 3, N).clone()
-    for head in range(H):
-        for g in range(3):
-            u[:, g, head * (N // H) : (head + 1) * (N // H)] += x[:, head * d : (head + 1) * d] @ B[head, :, g, :]
+    """SPEC §2 ParaLSTM (peephole on the new c)."""
+    u = spec_projection(x, B, b, H)
     f = torch.sigmoid(A[0] * h + C[0] * c + u[:, 0])
     c_tilde = torch.tanh(A[2] * h + u[:, 2])
     c_new = f * c + (1 - f) * c_tilde

@@ -28,48 +28,14 @@ def test_generate_with_beams_and_sampling_options(tmp_path, capsys):
     model, tok = tiny_model("gru"), tiny_tokenizer()
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    assert (
-        main(["generate", "--model", str(tmp_path), "--prompt", "def", "--num-beams", "3", "--max-new-tokens", "4"])
-        == 0
-    )
+    base = ["generate", "--model", str(tmp_path), "--prompt", "def", "--max-new-tokens", "4"]
+    assert main([*base, "--num-beams", "3"]) == 0
     assert capsys.readouterr().out.startswith("def")
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                str(tmp_path),
-                "--prompt",
-                "def",
-                "--do-sample",
-                "--seed",
-                "3",
-                "--top-k",
-                "5",
-                "--max-new-tokens",
-                "4",
-            ]
-        )
-        == 0
-    )
+    sampling = [*base, "--do-sample", "--seed", "3", "--top-k", "5"]
+    assert main(sampling) == 0
     first = capsys.readouterr().out
-    main(
-        [
-            "generate",
-            "--model",
-            str(tmp_path),
-            "--prompt",
-            "def",
-            "--do-sample",
-            "--seed",
-            "3",
-            "--top-k",
-            "5",
-            "--max-new-tokens",
-            "4",
-        ]
-    )
-    assert capsys.readouterr().out == first
+    assert main(sampling) == 0
+    assert capsys.readouterr().out == first  # the seed makes sampling repeatable
 
 
 def test_generate_rejects_a_folder_without_a_model(tmp_path):
