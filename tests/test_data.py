@@ -170,3 +170,13 @@ def test_hf_dataset_from_a_local_folder(tmp_path):
     (tmp_path / "validation.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
     corpus = load_corpus(f"hf:{tmp_path}")
     assert corpus.train == [f"train doc {i}" for i in range(5)] and corpus.validation == ["held out"]
+
+
+def test_local_split_does_not_depend_on_where_the_corpus_lies(tmp_path):
+    for folder in ("a", "b/deeper"):
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(60):
+            (tmp_path / folder / f"doc{i}.txt").write_text(f"document {i}")
+    one, two = load_corpus([str(tmp_path / "a")]), load_corpus([str(tmp_path / "b" / "deeper")])
+    assert one.train == two.train and one.validation == two.validation
+    assert one.fingerprint() == two.fingerprint()

@@ -72,8 +72,9 @@ def builtin_corpus(validation_percent: float = 2.0, root: str | os.PathLike | No
     return Corpus("builtin:python-stdlib", train, validation)
 
 
-def _read_documents(path: Path) -> Iterable[tuple[str, str]]:
-    """(key, text) pairs from one file."""
+def _read_documents(path: Path, key: str) -> Iterable[tuple[str, str]]:
+    """(split key, text) pairs from one file; ``key`` names the file independently of where
+    the corpus lies, so the train/validation split is the same on every machine."""
     if path.suffix == ".jsonl":
         with path.open(encoding="utf-8") as f:
             for i, line in enumerate(f):
@@ -85,13 +86,13 @@ def _read_documents(path: Path) -> Iterable[tuple[str, str]]:
                     raise ValueError(f"{path}:{i + 1}: not valid JSON ({err.msg})") from None
                 if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                     raise ValueError(f'{path}:{i + 1}: each JSONL line needs a string "text" field')
-                yield f"{path}:{i}", record["text"]
+                yield f"{key}:{i}", record["text"]
     else:
-        yield str(path), path.read_bytes().decode("utf-8", "replace")
+        yield key, path.read_bytes().decode("utf-8", "replace")
 
 
 def local_corpus(paths: Iterable[str | os.PathLike], validation_percent: float = 2.0) -> Corpus:
-    files: list[Path] = []
+    files: list[tuple[Path, str]] = []  # (file, its name relative to the folder given)
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"no such file or folder: {p}")
@@ -99,17 +100,17 @@ def local_corpus(paths: Iterable[str | os.PathLike], validation_percent: float =
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES | {".jsonl"})
             if not found:
                 raise ValueError(f"{p} holds no .txt, .md, .py, .rst or .jsonl files")
-            files.extend(found)
+            files.extend((f, f.relative_to(p).as_posix()) for f in found)
         else:
-            files.append(p)
-    docs = [(key, text) for f in files for key, text in _read_documents(f) if text.strip()]
+            files.append((p, p.name))
+    docs = [(key, text) for f, name in files for key, text in _read_documents(f, name) if text.strip()]
     if not docs:
-        raise ValueError(f"the corpus {', '.join(map(str, files))} is empty")
+        raise ValueError(f"the corpus {', '.join(str(f) for f, _ in files)} is empty")
     train = [t for k, t in docs if not _in_validation(k, validation_percent)]
     validation = [t for k, t in docs if _in_validation(k, validation_percent)]
     if not validation:  # tiny corpora: hold out the last document
         train, validation = train[:-1] or train, train[-1:]
-    return Corpus("local:" + ",".join(sorted(str(f) for f in files)), train, validation)
+    return Corpus("local:" + ",".join(sorted(name for _, name in files)), train, validation)
 
 
 @contextlib.contextmanager
