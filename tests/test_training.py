@@ -70,8 +70,8 @@ def test_training_lowers_the_loss_and_writes_plot_and_summary(tmp_path, corpus_d
     history = json.loads((tmp_path / "out" / "log_history.json").read_text())
     losses = [e["loss"] for e in history if "loss" in e]
     # uniform guessing over the 512-token vocabulary costs ln 512 = 6.24 nats; 30 steps of a
-    # 2-layer model reliably take ~0.5 off it (observed 0.48-0.6 across runs)
-    assert len(losses) == 6 and losses[-1] < losses[0] - 0.25
+    # 2-layer model take 0.53 off it (deterministic since the split ignores where files lie)
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.5
     assert summary["eval_loss"] < math.log(512) - 0.3
     assert (tmp_path / "out" / "loss_curves.png").stat().st_size > 1000
     assert summary["eval_perplexity"] == pytest.approx(math.exp(summary["eval_loss"]))
