@@ -53,9 +53,7 @@ def main() -> None:
     evaluation = PackedDataset(
         tokenize_documents(tokenizer, corpus.validation), args.seq_len, pad_last=True, pad_id=tokenizer.pad_token_id
     )
-    if args.eval_sequences:
-        for name in ("tokens", "labels", "resets"):
-            setattr(evaluation, name, getattr(evaluation, name)[: args.eval_sequences])
+    evaluation.keep_first(args.eval_sequences)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, histories = {}, {}

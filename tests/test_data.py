@@ -128,6 +128,12 @@ def test_packing_pads_the_last_window_for_evaluation():
     assert ds.num_target_tokens == 3  # position 0 of a window is never a target
 
 
+def test_keep_first_bounds_the_windows():
+    ds = PackedDataset([list(range(3, 20))], seq_len=4, pad_last=True).keep_first(2)
+    assert len(ds) == 2 and ds.labels.shape == ds.resets.shape == (2, 4)
+    assert len(PackedDataset([list(range(3, 20))], seq_len=4).keep_first(None)) == 4
+
+
 def test_packing_errors():
     with pytest.raises(ValueError, match="fewer than one sequence of seq_len=64"):
         PackedDataset([[1, 2, 3]], seq_len=64)

@@ -64,6 +64,12 @@ class PackedDataset(Dataset):
         if self.padding:
             self.labels[-1, seq_len - self.padding :] = -100
 
+    def keep_first(self, n: int | None) -> PackedDataset:
+        """Keep only the first ``n`` windows (all when ``n`` is None), e.g. to bound evaluation."""
+        if n is not None:
+            self.tokens, self.labels, self.resets = self.tokens[:n], self.labels[:n], self.resets[:n]
+        return self
+
     def __len__(self) -> int:
         return self.tokens.shape[0]
 

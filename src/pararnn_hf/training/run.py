@@ -96,10 +96,7 @@ def build_datasets(corpus, tokenizer, data_args: DataArguments, training_args: T
     evaluation = PackedDataset(
         tokenize_documents(tokenizer, corpus.validation), data_args.seq_len, pad_last=True, pad_id=pad_id
     )
-    if data_args.max_eval_sequences:
-        evaluation.tokens = evaluation.tokens[: data_args.max_eval_sequences]
-        evaluation.labels = evaluation.labels[: data_args.max_eval_sequences]
-        evaluation.resets = evaluation.resets[: data_args.max_eval_sequences]
+    evaluation.keep_first(data_args.max_eval_sequences)
     global_batch = training_args.per_device_train_batch_size * max(1, training_args.world_size)
     if len(train) < global_batch:
         raise ValueError(
