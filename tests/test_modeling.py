@@ -192,3 +192,12 @@ def test_bad_model_inputs_raise():
         model(torch.ones(2, 5, dtype=torch.long), resets=torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match="the cache must be a ParaRNNCache"):
         model(torch.ones(2, 5, dtype=torch.long), past_key_values=object())
+
+
+def test_push_to_hub_goes_through_the_code_writing_save(tmp_path, monkeypatch):
+    model = tiny_model("gru")
+    pushed = []
+    monkeypatch.setattr(type(model), "push_to_hub", lambda self, repo_id, **kw: pushed.append((repo_id, kw)))
+    model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="someone/tiny")
+    assert (tmp_path / "local" / "pararnn_core.py").is_file()
+    assert pushed and pushed[0][0] == "someone/tiny"
