@@ -51,6 +51,17 @@ def bench(fn, device: torch.device, reps: int) -> float:
     return statistics.median(times)
 
 
+def tuned_configs() -> dict[str, str]:
+    """What the autotuner chose, per kernel and key (N, cell, batch bucket, dtypes)."""
+    from pararnn_hf.ops.triton import kernels
+
+    out = {}
+    for name in ("newton_forward_kernel", "adjoint_backward_kernel"):
+        for key, config in getattr(getattr(kernels, name), "cache", {}).items():
+            out[f"{name}{tuple(key)[:3]}"] = str(config)
+    return out
+
+
 def rel(a, b) -> float:
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
@@ -169,7 +180,14 @@ def main() -> None:
                 rows.append(row)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": name, "copy_gbs": copy_gbs, "args": vars(args), "rows": rows}, indent=2))
+    configs = tuned_configs()
+    for key, config in configs.items():
+        print(f"autotuned {key}: {config}")
+    out.write_text(
+        json.dumps(
+            {"device": name, "copy_gbs": copy_gbs, "args": vars(args), "rows": rows, "autotuned": configs}, indent=2
+        )
+    )
     print(f"wrote {out}")
 
 

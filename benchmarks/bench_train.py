@@ -78,17 +78,25 @@ def main() -> None:
             with device:  # initialise on the device: much faster than on the host for 400M+
                 model = build(name, args.size, seq_len)
             model = model.to(dtype=dtype)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            peak_gb = None
             try:
                 seconds = step_time(model, args.batch, seq_len, device, args.repeats, args.gradient_checkpointing)
                 tps[name] = args.batch * seq_len / seconds
                 text = f"{tps[name]:12,.0f}"
+                if device.type == "cuda":
+                    peak_gb = torch.cuda.max_memory_allocated() / 2**30
+                    text += f" tok/s, peak {peak_gb:5.1f} GiB"
+                else:
+                    text += " tok/s"
             except torch.OutOfMemoryError:
                 tps[name] = None
                 text = f"{'OOM':>12}"
             params = sum(p.numel() for p in model.parameters())
             ratio = f"{tps[name] / tps['llama']:.2f}x Llama" if tps.get(name) and tps.get("llama") else ""
-            print(f"T={seq_len:<6} {name:<13} {params / 1e6:7.1f}M {text} tok/s {ratio}", flush=True)
-            rows.append({"seq_len": seq_len, "model": name, "params": params, "tok_s": tps[name]})
+            print(f"T={seq_len:<6} {name:<13} {params / 1e6:7.1f}M {text} {ratio}", flush=True)
+            rows.append({"seq_len": seq_len, "model": name, "params": params, "tok_s": tps[name], "peak_gib": peak_gb})
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
