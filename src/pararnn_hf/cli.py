@@ -187,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model_args=model_args,
             log_samples=args.log_samples,
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         raise SystemExit(f"pararnn-hf eval: {err}") from None
     from lm_eval.utils import make_table
 

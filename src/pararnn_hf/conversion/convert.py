@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from ..modeling import ParaRNNConfig, ParaRNNForCausalLM
-from .io import DTYPES, ConversionError, atomic_folder, load_state_dict, progress
+from ..output_guard import atomic_folder, check_target
+from .io import DTYPES, ConversionError, load_state_dict, progress
 from .reference import CELL_KEYS, cells_from_files, hf_from_lm, infer_config_from_lm, lm_from_hf
 
 TOKENIZER_FILES = (
@@ -98,6 +99,8 @@ def from_reference(
     ``base`` (a saved ParaRNN folder) or are freshly initialised; the report says which."""
     if bool(cells) == bool(lm):
         raise ValueError("pass either --cells (reference cell state dicts) or --lm (a whole LM checkpoint)")
+    inputs = [*(cells or []), lm, config, base, tokenizer]
+    check_target(out, overwrite, keep=inputs)  # before the work, not after
     torch_dtype = _dtype(dtype)
     report: dict = {"out": str(out)}
     if lm:
@@ -125,7 +128,7 @@ def from_reference(
                 target = model.model.layers[k].mixer.cell
                 for name, value in cell.items():
                     getattr(target, name).copy_(value)
-    with atomic_folder(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite, keep=inputs) as tmp:
         _save(model, tmp, torch_dtype, max_shard_size)
         report["tokenizer"] = _copy_tokenizer(tokenizer or base, tmp)
         write_card_stub(
@@ -162,13 +165,14 @@ def to_reference(
     if fmt not in ("safetensors", "pt"):
         raise ValueError(f"unknown format {fmt!r}; expected safetensors or pt")
     torch_dtype = _dtype(dtype)
+    check_target(out, overwrite, keep=[model_dir])
     model = ParaRNNForCausalLM.from_pretrained(model_dir)
     cfg = model.config
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if torch_dtype is not None:
         state = {k: v.to(torch_dtype) for k, v in state.items()}
     lm = lm_from_hf(state, cfg)
-    with atomic_folder(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite, keep=[model_dir]) as tmp:
         (tmp / "cells").mkdir()
         _write(lm, tmp / f"lm.{fmt}", fmt)
         cell_files = []
@@ -215,6 +219,7 @@ def from_llama(
     attention block becomes a fresh ParaRNN mixer of the same width; the tokenizer is copied."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    check_target(out, overwrite, keep=[llama_dir])
     src_cfg = AutoConfig.from_pretrained(llama_dir)
     if getattr(src_cfg, "model_type", None) not in ("llama", "mistral", "qwen2", "qwen3"):
         raise ConversionError(
@@ -253,7 +258,7 @@ def from_llama(
             dst.mlp_norm.weight.copy_(src.post_attention_layernorm.weight)
             for name in ("gate_proj", "up_proj", "down_proj"):
                 getattr(dst.mlp, name).weight.copy_(getattr(src.mlp, name).weight)
-    with atomic_folder(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite, keep=[llama_dir]) as tmp:
         _save(model, tmp, _dtype(dtype), max_shard_size)
         tokenizer = _copy_tokenizer(llama_dir, tmp)
         write_card_stub(

@@ -1,12 +1,9 @@
-"""Reading checkpoints safely and writing model folders atomically."""
+"""Reading checkpoints safely (writing goes through ``pararnn_hf.output_guard``)."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,32 +58,6 @@ def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
             raise ConversionError(f"two keys map to {new!r} after removing wrapper prefixes")
         out[new] = value
     return out
-
-
-def check_target(out: str | os.PathLike, overwrite: bool) -> Path:
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
-    return out
-
-
-@contextmanager
-def atomic_folder(out: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder next to ``out``; it replaces ``out`` only if the block succeeds,
-    so a failed conversion never leaves a partial folder behind."""
-    out = check_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def progress(items, desc: str, enabled: bool = True) -> Iterator:

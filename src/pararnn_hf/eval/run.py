@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..output_guard import check_writable_file
 from .local_tasks import write_local_tasks
 
 
@@ -39,14 +41,61 @@ def run_eval(
     """Evaluate ``model_dir`` with lm-eval's ``simple_evaluate``; writes ``output`` (JSON) when
     given and returns ``{"results": ..., "config": ...}``."""
     _offline()
+    from . import lm as _lm  # noqa: F401  (registers the "pararnn" model)
+
+    if output:
+        check_writable_file(output)  # before the evaluation, so its results cannot be lost
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
+    for folder in include_path or []:
+        check_task_folder(folder)
+    with tempfile.TemporaryDirectory(prefix="pararnn_tasks_") as bundled:
+        summary = _evaluate(
+            model_dir,
+            tasks,
+            [str(write_local_tasks(bundled))] + list(include_path or []),
+            batch_size,
+            limit,
+            num_fewshot,
+            device,
+            model_args,
+            log_samples,
+        )
+    if output:
+        target = Path(output)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
+        os.replace(tmp, target)  # a crash mid-write leaves the previous results whole
+    return summary
+
+
+def check_task_folder(folder: str) -> None:
+    """An ``--include-path`` folder must exist and hold task YAMLs that parse."""
+    import yaml
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--include-path {folder}: no such folder")
+    files = sorted(path.rglob("*.yaml")) + sorted(path.rglob("*.yml"))
+    if not files:
+        raise ValueError(f"--include-path {folder}: holds no task YAML files")
+
+    class _AnyTagLoader(yaml.SafeLoader):
+        """lm-eval YAMLs use tags such as ``!function``; their values need not resolve here."""
+
+    _AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    for f in files:
+        try:
+            yaml.load(f.read_text(encoding="utf-8"), Loader=_AnyTagLoader)
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ValueError(f"--include-path: {f} is not valid YAML: {err}".replace("\n", " ")) from None
+
+
+def _evaluate(model_dir, tasks, paths, batch_size, limit, num_fewshot, device, model_args, log_samples):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from . import lm as _lm  # noqa: F401  (registers the "pararnn" model)
-
-    if not (Path(model_dir) / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
-    paths = [str(write_local_tasks())] + list(include_path or [])
     # indexing lm-eval's own thousands of task files takes seconds: only when asked for one
     manager = TaskManager(include_path=paths, include_defaults=False)
     if not set(tasks) <= set(manager.all_tasks):
@@ -75,7 +124,4 @@ def run_eval(
         "versions": out.get("versions", {}),
         "config": {k: v for k, v in out.get("config", {}).items() if k != "model_args"},
     }
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,16 +45,62 @@ class DataArguments:
     overwrite: bool = field(default=False, metadata={"help": "allow writing into a folder that holds a model"})
 
 
-def check_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool) -> None:
-    """Refuse to write over a saved model unless asked to (or resuming in place)."""
+def _checkpoints(out: Path) -> list[Path]:
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def resume_target(resume: str | bool | None) -> str | bool | None:
+    """``--resume_from_checkpoint`` as Trainer takes it: a path, or True for the last
+    checkpoint in ``--output_dir`` (typed as ``true``/``last`` on the command line)."""
+    if isinstance(resume, str) and resume.strip().lower() in ("true", "last"):
+        return True
+    if isinstance(resume, str) and resume.strip().lower() in ("", "false", "none"):
+        return None
+    return resume or None
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool, resume: str | bool | None) -> list[Path]:
+    """Refuse to write where an earlier run's results would be replaced or mixed in, unless
+    ``overwrite``. Resuming continues only the run whose checkpoints are in ``output_dir``; it
+    never replaces a finished model there without ``overwrite``. Returns the stale
+    checkpoints that ``overwrite`` will remove."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output {out} exists and is not a folder")
+    if not out.exists():
+        if resume is True:
+            raise FileNotFoundError(f"--resume_from_checkpoint true: {out} holds no checkpoint to resume")
+        return []
     held = [f for f in MODEL_FILES if (out / f).exists()]
-    if held and not (overwrite or resuming):
+    checkpoints = _checkpoints(out)
+    if overwrite:
+        return [] if resume else checkpoints  # never delete what is being resumed
+    if held:
+        what = "resuming would replace it" if resume else "training would replace it"
         raise FileExistsError(
-            f"{out} already holds a model ({', '.join(held)}); pass --overwrite to replace it or choose another folder"
+            f"{out} already holds a finished model ({', '.join(held)}); {what}. "
+            "Pass --overwrite to replace it, or choose another --output_dir"
         )
+    if checkpoints:
+        names = ", ".join(p.name for p in checkpoints[:4]) + (", ..." if len(checkpoints) > 4 else "")
+        if resume is True:
+            return []
+        if resume:
+            inside = Path(resume).resolve().parent == out.resolve()
+            if inside:
+                return []
+            raise FileExistsError(
+                f"{out} holds checkpoints of another run ({names}); resuming {resume} there would mix the two. "
+                "Choose another --output_dir, or pass --overwrite to remove them"
+            )
+        raise FileExistsError(
+            f"{out} holds checkpoints of an earlier run ({names}). Pass --resume_from_checkpoint "
+            f"{checkpoints[-1]} (or true) to continue it, or --overwrite to start over"
+        )
+    if resume is True:
+        raise FileNotFoundError(f"--resume_from_checkpoint true: {out} holds no checkpoint to resume")
+    return []
 
 
 def build_model(model_args: ModelArguments, vocab_size: int, pad_id: int, eos_id: int) -> ParaRNNForCausalLM:
@@ -110,8 +157,14 @@ def run_training(
     model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
 ) -> dict[str, Any]:
     """Train, save the model and tokenizer into ``output_dir``, evaluate; returns a summary."""
-    resume = training_args.resume_from_checkpoint
-    check_output_dir(training_args.output_dir, data_args.overwrite, bool(resume))
+    resume = resume_target(training_args.resume_from_checkpoint)
+    if isinstance(resume, str) and not Path(resume).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+    stale = check_output_dir(training_args.output_dir, data_args.overwrite, resume)
+    if stale and training_args.process_index == 0:
+        # --overwrite starts over: an old run's later checkpoints must not be taken for this run's
+        for folder in stale:
+            shutil.rmtree(folder)
     corpus = load_corpus(data_args.data, data_args.validation_percent)
     tokenizer = load_tokenizer(model_args, corpus, data_args.vocab_size)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -127,7 +180,7 @@ def run_training(
         processing_class=tokenizer,
         callbacks=[LossPlotCallback()],
     )
-    result = trainer.train(resume_from_checkpoint=resume or None)
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     metrics = trainer.evaluate()
     summary = {

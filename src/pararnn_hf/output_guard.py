@@ -1,0 +1,213 @@
+"""Where the package writes user files: refuse targets whose replacement would destroy
+something the user keeps, and replace folders so that a crash at any instant leaves either the
+old or the new complete folder at the target path.
+
+Replacement writes the new folder beside the target, then swaps the two names in one atomic
+``renameat2(RENAME_EXCHANGE)`` call (Linux), then deletes the old folder under its temporary
+name. Where the kernel or file system cannot exchange names, the old folder is renamed aside
+and the new one renamed in; a crash between those two renames is repaired by the next run,
+which moves the old folder back. Temporaries carry this module's naming scheme
+(``.<name>.pararnn-new-<pid>-<random>`` and ``.<name>.pararnn-old-<pid>-<random>``), so the next
+run can remove those of killed runs, and only those.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import re
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Tests kill the process with SIGKILL at these points to check what a crash leaves behind.
+KILL_POINT_ENV = "PARARNN_HF_KILL_AT"
+_TEMP_RE = r"^\.{name}\.pararnn-(new|old)-(\d+)-[A-Za-z0-9_]+$"
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+class UnsafeOutputError(ValueError):
+    """The output path would replace or delete something that must be kept."""
+
+
+def _kill_point(name: str) -> None:
+    if os.environ.get(KILL_POINT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.fspath(path) or ".")).resolve()
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def refuse_unsafe_target(out: str | os.PathLike, keep: Iterable[str | os.PathLike] = ()) -> Path:
+    """``out`` resolved, or ``UnsafeOutputError`` when replacing it would remove the current
+    directory, the home folder, a file system root, or any path in ``keep`` (e.g. the input
+    being converted), or a folder containing one of them."""
+    if os.fspath(out).strip() == "":
+        raise UnsafeOutputError("the output path is empty; name a new folder")
+    target = _resolved(out)
+    protected = {"the current directory": _resolved(os.getcwd()), "your home folder": _resolved(Path.home())}
+    for path in keep:
+        if path is not None and os.fspath(path):
+            protected[f"the input {os.fspath(path)}"] = _resolved(path)
+    if target.parent == target:
+        raise UnsafeOutputError(f"the output {out} is a file system root; name a new folder")
+    for what, path in protected.items():
+        if _within(path, target):
+            relation = "is" if path == target else "contains"
+            raise UnsafeOutputError(
+                f"the output {out} {relation} {what}; replacing it would delete that. Name a new folder"
+            )
+    return target
+
+
+def check_target(out: str | os.PathLike, overwrite: bool, keep: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse an existing ``out`` unless ``overwrite``, and an unsafe one always."""
+    target = refuse_unsafe_target(out, keep)
+    if target.exists() or target.is_symlink():
+        if not target.is_dir() or target.is_symlink():
+            raise FileExistsError(f"{out} exists and is not a folder; choose another output")
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    return target
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(target: Path) -> list[Path]:
+    """Remove the temporaries that killed runs left beside ``target`` (ours only, and only
+    those whose process is gone). If the target is missing and a killed run had moved the old
+    folder aside, move it back first. Returns what was removed or restored."""
+    pattern = re.compile(_TEMP_RE.format(name=re.escape(target.name)))
+    done = []
+    if not target.parent.is_dir():
+        return done
+    stale = []
+    for entry in target.parent.iterdir():
+        m = pattern.match(entry.name)
+        if m and not _pid_alive(int(m.group(2))):
+            stale.append((m.group(1), entry))
+    if not target.exists():
+        old = [e for kind, e in stale if kind == "old"]
+        if old:
+            os.rename(old[0], target)  # the user's previous folder, back where it was
+            done.append(old[0])
+    for _, entry in stale:
+        if entry.exists():
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(entry)
+    return done
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap the names ``a`` and ``b``; False where the system cannot."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"could not swap {a} and {b}: {os.strerror(err)}")
+
+
+def _temporary(target: Path, kind: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.pararnn-{kind}-{os.getpid()}-", dir=target.parent))
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the complete folder ``new`` at ``target``; an existing target is deleted after the
+    swap. At every instant the target path holds the old or the new folder (see module doc)."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    _kill_point("before-swap")
+    if _exchange(new, target):
+        _kill_point("after-swap")
+        shutil.rmtree(new)  # now the old folder
+        return
+    aside = _temporary(target, "old")
+    os.rmdir(aside)
+    os.rename(target, aside)
+    _kill_point("between-renames")
+    os.rename(new, target)
+    _kill_point("after-swap")
+    shutil.rmtree(aside)
+
+
+@contextmanager
+def atomic_folder(out: str | os.PathLike, overwrite: bool, keep: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``out``; when the block succeeds it replaces ``out``
+    (see ``replace_folder``). A failure or crash inside the block leaves ``out`` as it was.
+    Folders are created with the user's umask, like any other file they write."""
+    target = check_target(out, overwrite, keep)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(target)
+    if target.exists() and not overwrite:  # a killed run's folder was just restored
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    tmp = _temporary(target, "new")
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        _kill_point("written")
+        replace_folder(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_writable_file(path: str | os.PathLike) -> Path:
+    """Fail now, not after the work, if ``path`` cannot be written. Probes by creating (and
+    removing) a file in the nearest existing folder, which also catches read-only mounts and
+    holds for root, whom permission bits do not stop."""
+    if os.fspath(path).strip() == "":
+        raise ValueError("the output file path is empty")
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"the output {path} is a folder; name a file")
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {existing} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".pararnn-probe-"):
+            pass
+        if target.exists():
+            with open(target, "ab"):
+                pass
+    except OSError as err:
+        raise PermissionError(f"cannot write {path}: {err.strerror or err}") from None
+    return target
