@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import tiny_model, tiny_tokenizer
+from helpers import rel_err, tiny_model, tiny_tokenizer
 from pararnn_hf import ParaGRU, ParaLSTM, ParaRNNForCausalLM
 from pararnn_hf.cli import main
 from pararnn_hf.conversion import ConversionError, from_llama, from_reference, to_reference
@@ -326,3 +326,97 @@ def test_cli_round_trip(tmp_path, saved, capsys):
 
 def test_layer_classes_are_the_ones_converted():
     assert ParaGRU.cell.NAME == "gru" and ParaLSTM.cell.NAME == "lstm"
+
+
+# ----------------------------------------------------------------------------- fidelity
+
+
+def test_float64_checkpoints_are_not_rounded_through_float32(tmp_path, saved):
+    _, folder = saved("lstm")
+    model = ParaRNNForCausalLM.from_pretrained(folder).double()
+    with torch.no_grad():  # values float32 cannot hold
+        for p in model.parameters():
+            p.add_(1e-9 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "f64")
+    to_reference(str(tmp_path / "f64"), tmp_path / "ref", dtype="float64", show_progress=False)
+    for dtype in ("float64", None):
+        out = tmp_path / f"back-{dtype}"
+        from_reference(out, lm=str(tmp_path / "ref" / "lm.safetensors"), dtype=dtype, show_progress=False)
+        back = ParaRNNForCausalLM.from_pretrained(out, dtype=torch.float64)
+        assert same_weights(back, model), dtype
+
+
+def rms(x, w, eps=1e-6):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def reference_layout_lm(state, cell, ids, heads):
+    """The reference LM training layout written out from its equations, float64:
+    x = x * residual_scale + mixer(x) for each mixer block, x = mlp(norm(x)) (no residual)
+    for each MLP block; the mixer is norm -> in_proj -> causal depthwise conv -> SiLU ->
+    cell -> RMSNorm(h) * SiLU(gate) -> out_proj."""
+    S = {k: v.double() for k, v in state.items()}
+    x = S["embedding.weight"][ids]
+    layers = len({k.split(".")[1] for k in S if k.startswith("blocks.")}) // 2
+    for k in range(layers):
+        p, q = f"blocks.{2 * k}.", f"blocks.{2 * k + 1}."
+        xi, g = (rms(x, S[p + "norm.weight"]) @ S[p + "in_proj.weight"].T).chunk(2, -1)
+        w, bias = S[p + "conv.conv.weight"], S[p + "conv.conv.bias"]
+        K = w.shape[-1]
+        padded = torch.nn.functional.pad(xi.transpose(1, 2), (K - 1, 0))
+        a = torch.nn.functional.silu(torch.nn.functional.conv1d(padded, w, bias, groups=w.shape[0])).transpose(1, 2)
+        A, B, b = S[p + "rnn_cell.A"], S[p + "rnn_cell.B"], S[p + "rnn_cell.b"]
+        N = A.shape[1]
+        h = torch.zeros(ids.shape[0], N, dtype=torch.float64)
+        c = torch.zeros_like(h)
+        ys = []
+        for t in range(ids.shape[1]):
+            if cell == "gru":
+                h = spec_gru_step(h, a[:, t], A, B, b, heads)
+            else:
+                c, h = spec_lstm_step(c, h, a[:, t], A, B, b, S[p + "rnn_cell.C"], heads)
+            ys.append(h)
+        y = torch.stack(ys, 1)
+        mixed = (rms(y, S[p + "gate_norm.weight"]) * torch.nn.functional.silu(g)) @ S[p + "out_proj.weight"].T
+        x = x * S[p + "residual_scale"] + mixed
+        xn = rms(x, S[q + "0.weight"])
+        gate, up = xn @ S[q + "1.w1.weight"].T, xn @ S[q + "1.w3.weight"].T
+        x = (torch.nn.functional.silu(gate) * up) @ S[q + "1.w2.weight"].T
+    x = rms(x, S["final_norm.weight"])
+    return x @ S.get("lm_head.weight", S["embedding.weight"]).T
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_reference_lm_layout_with_residual_scale_converts_exactly(cell, tmp_path, saved):
+    """Reference checkpoints have a scalar residual_scale per mixer block and MLP blocks
+    without a residual: they convert to the same logits and write back bit-exactly."""
+    _, folder = saved(cell)
+    to_reference(str(folder), tmp_path / "ours", show_progress=False)
+    state = load_file(str(tmp_path / "ours" / "lm.safetensors"))
+    for k in range(2):
+        state[f"blocks.{2 * k}.residual_scale"] = torch.tensor(0.5 + k + 0.123)
+    state["lm_head.weight"] = torch.randn_like(state["embedding.weight"])  # untied, to tell them apart
+    save_file(state, str(tmp_path / "reference.safetensors"))
+    from_reference(tmp_path / "hf", lm=str(tmp_path / "reference.safetensors"), show_progress=False)
+    model = ParaRNNForCausalLM.from_pretrained(tmp_path / "hf").double()
+    assert model.config.mixer_residual_scale and not model.config.mlp_residual
+    ids = torch.randint(3, 300, (2, 9))
+    expected = reference_layout_lm(state, cell, ids, model.config.num_heads)
+    with torch.no_grad():
+        got = model(ids).logits
+    assert rel_err(got, expected) < 1e-10
+    to_reference(str(tmp_path / "hf"), tmp_path / "again", show_progress=False)
+    again = load_file(str(tmp_path / "again" / "lm.safetensors"))
+    assert again.keys() == state.keys()
+    assert all(torch.equal(again[k], state[k]) for k in state)
+
+
+def test_lm_keys_outside_the_layout_are_still_refused(tmp_path, saved):
+    _, folder = saved("gru")
+    to_reference(str(folder), tmp_path / "ours", show_progress=False)
+    state = load_file(str(tmp_path / "ours" / "lm.safetensors"))
+    for block in (0, 1, 2):  # blocks 0 and 2 are mixers; the MLP block 1 has no residual_scale
+        state[f"blocks.{block}.residual_scale"] = torch.tensor(1.0)
+    save_file(state, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(ConversionError, match=r"unknown keys \['blocks\.1\.residual_scale'\]"):
+        from_reference(tmp_path / "x", lm=str(tmp_path / "odd.safetensors"), show_progress=False)

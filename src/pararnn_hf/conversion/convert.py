@@ -35,6 +35,15 @@ def _dtype(name: str | None) -> torch.dtype | None:
     return DTYPES[name]
 
 
+def _source_dtype(tensors) -> torch.dtype:
+    """The floating dtype of a checkpoint's tensors (the widest, if they are mixed)."""
+    dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+    for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        if dtype in dtypes:
+            return dtype
+    return torch.float32
+
+
 def _load_config(path: str | os.PathLike) -> ParaRNNConfig:
     path = Path(path)
     if path.is_dir():
@@ -107,7 +116,8 @@ def from_reference(
         state = load_state_dict(lm)
         cfg = _load_config(config) if config else infer_config_from_lm(state)
         hf_state = hf_from_lm(state, cfg)
-        model = ParaRNNForCausalLM(cfg)
+        # built in the dtype it is saved in: loading float64 weights into float32 would round them
+        model = ParaRNNForCausalLM(cfg).to(torch_dtype or _source_dtype(hf_state.values()))
         _load_exact(model, hf_state, f"{lm}")
         report["rest"] = "all weights from the LM checkpoint"
     else:
@@ -123,6 +133,7 @@ def from_reference(
             report["rest"] = f"non-cell weights freshly initialised (seed {seed})"
         states = [load_state_dict(p) for p in progress(cells, "reading cells", show_progress)]
         layer_cells = cells_from_files(states, [str(p) for p in cells], cfg)
+        model.to(torch_dtype or _source_dtype(v for cell in layer_cells for v in cell.values()))
         with torch.no_grad():
             for k, cell in enumerate(progress(layer_cells, "placing cells", show_progress)):
                 target = model.model.layers[k].mixer.cell

@@ -6,7 +6,11 @@ Cell state dicts: ``A`` [3, N], ``B`` [H, D/H, 3, N/H], ``b`` [3, N] and, for Pa
 The LM training layout: ``blocks.{2k}`` is layer k's mixer (``norm``, ``in_proj``,
 ``conv.conv``, ``rnn_cell.*``, ``gate_norm``, ``out_proj``), ``blocks.{2k+1}`` its MLP (``0`` the
 norm, ``1.w1``/``1.w3``/``1.w2`` the SwiGLU gate/up/down projections), then ``embedding``,
-``final_norm`` and ``lm_head``.
+``final_norm`` and ``lm_head``. The reference's own checkpoints of this layout also hold a
+learnable scalar ``blocks.{2k}.residual_scale`` (``x = x * residual_scale + mixer(x)``) and their
+MLP blocks have no residual (``x = mlp(norm(x))``): a checkpoint with ``residual_scale`` keys is
+read as that model (``mixer_residual_scale=True, mlp_residual=False``), and such a model writes
+them back.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ LAYER_MAP = [
     ("rnn_cell.C", 0, "mixer.cell.C"),
     ("gate_norm.weight", 0, "mixer.gate_norm.weight"),
     ("out_proj.weight", 0, "mixer.out_proj.weight"),
+    ("residual_scale", 0, "mixer.residual_scale"),
     ("0.weight", 1, "mlp_norm.weight"),
     ("1.w1.weight", 1, "mlp.gate_proj.weight"),
     ("1.w3.weight", 1, "mlp.up_proj.weight"),
@@ -138,6 +143,7 @@ def infer_config_from_lm(state: dict[str, torch.Tensor], **overrides) -> ParaRNN
     except KeyError as err:
         raise ConversionError(f"not an LM-layout checkpoint: missing {err.args[0]!r}") from None
     tied = "lm_head.weight" not in state or torch.equal(state["lm_head.weight"], state["embedding.weight"])
+    reference_blocks = "blocks.0.residual_scale" in state
     kwargs = dict(
         vocab_size=vocab,
         hidden_size=d,
@@ -148,11 +154,21 @@ def infer_config_from_lm(state: dict[str, torch.Tensor], **overrides) -> ParaRNN
         intermediate_size=intermediate,
         tie_word_embeddings=tied,
         cell="lstm" if "blocks.0.rnn_cell.C" in state else "gru",
+        mixer_residual_scale=reference_blocks,
+        mlp_residual=not reference_blocks,
     )
     if d_inner % d:
         raise ConversionError(f"in_proj gives a cell width {d_inner} that is not a multiple of the width {d}")
     kwargs.update(overrides)
     return ParaRNNConfig(**kwargs)
+
+
+def _in_model(hf_suffix: str, config: ParaRNNConfig) -> bool:
+    if hf_suffix.endswith("cell.C"):
+        return config.cell == "lstm"
+    if hf_suffix.endswith("residual_scale"):
+        return config.mixer_residual_scale
+    return True
 
 
 def hf_from_lm(state: dict[str, torch.Tensor], config: ParaRNNConfig) -> dict[str, torch.Tensor]:
@@ -161,11 +177,16 @@ def hf_from_lm(state: dict[str, torch.Tensor], config: ParaRNNConfig) -> dict[st
     for k in range(config.num_hidden_layers):
         for suffix, which, hf in LAYER_MAP:
             key = f"blocks.{2 * k + which}.{suffix}"
-            if hf.endswith("cell.C") and config.cell != "lstm":
+            if not _in_model(hf, config):
                 continue
             if key not in state:
                 raise ConversionError(f"missing key {key!r} for layer {k}")
-            out[f"model.layers.{k}.{hf}"] = state[key]
+            value = state[key]
+            if suffix == "residual_scale":
+                if value.numel() != 1:
+                    raise ConversionError(f"{key} must be a scalar, got shape {tuple(value.shape)}")
+                value = value.reshape(())
+            out[f"model.layers.{k}.{hf}"] = value
             used.add(key)
         cell_keys = {n: out[f"model.layers.{k}.mixer.cell.{n}"] for n in CELL_KEYS[config.cell]}
         for n, v in cell_from_reference(cell_keys, config, f"layer {k} rnn_cell").items():
