@@ -173,7 +173,7 @@ def worker(args: argparse.Namespace) -> None:
         model = build(args.model, args.size, args.context + args.new_tokens + 8)
     model = model.to(dtype=dtype).eval()
     if args.prefill_chunk_size and args.model.startswith("pararnn"):
-        model.config.prefill_chunk_size = args.prefill_chunk_size
+        model.config.recurrent_prefill_chunk_size = args.prefill_chunk_size
     if args.compile:
         model.forward = torch.compile(model.forward, mode="reduce-overhead", dynamic=True)
     params = sum(p.numel() for p in model.parameters())
@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward (GPU)")
     parser.add_argument("--graphs", action="store_true", help="also time ParaRNN decoding replayed from a CUDA graph")
     parser.add_argument("--graph-tokens", type=int, default=128, help="tokens decoded with --graphs")
-    parser.add_argument("--prefill-chunk-size", type=int, default=None, help="ParaRNN prefill_chunk_size")
+    parser.add_argument("--prefill-chunk-size", type=int, default=None, help="ParaRNN recurrent_prefill_chunk_size")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per (model, context)")
     parser.add_argument("--out", default="benchmarks/results/bench_generate.json")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "CONTEXT"), help=argparse.SUPPRESS)

@@ -1,9 +1,11 @@
 """generate() with the recurrent cache: cached vs uncached, left padding, beam search,
 sampling, continuation from a returned cache, chunked prefill, streamer and pipeline."""
 
+import json
+
 import pytest
 import torch
-from transformers import TextStreamer, pipeline
+from transformers import AutoModelForCausalLM, TextStreamer, pipeline
 
 from helpers import rel_err, tiny_model, tiny_tokenizer
 from pararnn_hf import ParaRNNCache
@@ -108,14 +110,14 @@ def test_chunked_prefill_equals_one_shot(cell, dtype, tol):
     model = tiny_model(cell).to(dtype)
     prompt = torch.randint(3, 300, (2, 23))
     one_shot = model(prompt, use_cache=True)
-    model.config.prefill_chunk_size = 5
+    model.config.recurrent_prefill_chunk_size = 5
     chunked = model(prompt, use_cache=True)
     assert rel_err(chunked.logits, one_shot.logits) < tol
     for a, b in zip(cache_of(chunked).rnn_states, cache_of(one_shot).rnn_states):
         for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
             assert rel_err(x, y) < tol
     chunked_gen = model.generate(prompt, max_new_tokens=6, do_sample=False)
-    model.config.prefill_chunk_size = None
+    model.config.recurrent_prefill_chunk_size = None
     assert torch.equal(chunked_gen, model.generate(prompt, max_new_tokens=6, do_sample=False))
 
 
@@ -164,3 +166,22 @@ def test_text_generation_pipeline(tmp_path):
         **tok(["import os"], return_tensors="pt"), max_new_tokens=6, do_sample=False, pad_token_id=0
     )
     assert result[0]["generated_text"] == tok.decode(expected[0], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_generate_with_chunked_prefill_saved_and_reloaded(tmp_path, legacy):
+    """The chunk size lives under a key transformers does not copy into the generation config
+    (it used to break generate()); folders saved with the old key load and generate too."""
+    model = tiny_model("lstm")
+    prompt = torch.randint(3, 300, (2, 23))
+    plain = model.generate(prompt, max_new_tokens=5, do_sample=False)
+    model.config.recurrent_prefill_chunk_size = 4
+    model.save_pretrained(tmp_path)
+    if legacy:
+        cfg = json.loads((tmp_path / "config.json").read_text())
+        cfg["prefill_chunk_size"] = cfg.pop("recurrent_prefill_chunk_size")
+        (tmp_path / "config.json").write_text(json.dumps(cfg))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.recurrent_prefill_chunk_size == 4
+    assert "prefill_chunk_size" not in reloaded.config.to_dict()
+    assert torch.equal(reloaded.generate(prompt, max_new_tokens=5, do_sample=False), plain)

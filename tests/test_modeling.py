@@ -23,7 +23,7 @@ CELLS = ["gru", "lstm"]
         ({"conv_kernel": 0}, "conv_kernel must be a positive int"),
         ({"rms_norm_eps": 0.0}, "rms_norm_eps must be > 0"),
         ({"newton_tolerance": -1.0}, "newton_tolerance must be > 0 or None"),
-        ({"prefill_chunk_size": 0}, "prefill_chunk_size must be a positive int or None"),
+        ({"recurrent_prefill_chunk_size": 0}, "recurrent_prefill_chunk_size must be a positive int or None"),
         ({"init_gate_bias": [0.0]}, "init_gate_bias must be two numbers"),
         ({"pad_token_id": 300}, r"pad_token_id must be in \[0, vocab_size=300\)"),
     ],
@@ -201,3 +201,30 @@ def test_push_to_hub_goes_through_the_code_writing_save(tmp_path, monkeypatch):
     model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="someone/tiny")
     assert (tmp_path / "local" / "pararnn_core.py").is_file()
     assert pushed and pushed[0][0] == "someone/tiny"
+
+
+@pytest.mark.parametrize(
+    "resets,error,match",
+    [
+        (torch.tensor([[0.0, 0.5, 0, 0, 0, 0]]), TypeError, "resets must be bool or 0/1 integers, got dtype"),
+        (torch.tensor([[0, 2, 0, 0, 0, 0]]), ValueError, "resets must hold only 0 and 1"),
+    ],
+)
+def test_resets_other_than_bool_or_01_are_refused(resets, error, match):
+    """A 0.5 or a 2 used to reset the recurrence but not the conv, leaking documents."""
+    model = tiny_model("gru")
+    with pytest.raises(error, match=match):
+        model(torch.randint(3, 300, (1, 6)), resets=resets)
+    layer = model.model.layers[0].mixer.cell
+    with pytest.raises(error, match=match):
+        layer(torch.randn(1, 6, layer.input_size), resets=resets)
+
+
+def test_integer_resets_mean_the_same_as_bool():
+    model = tiny_model("lstm")
+    ids = torch.randint(3, 300, (1, 9))
+    as_bool = torch.zeros(1, 9, dtype=torch.bool)
+    as_bool[0, [0, 4]] = True
+    a = model(ids, resets=as_bool).logits
+    b = model(ids, resets=as_bool.long()).logits
+    assert torch.equal(a, b)

@@ -46,6 +46,19 @@ class _TorchInit:
         return t.copy_(other)
 
 
+def check_resets(resets: Tensor | None, where: str) -> Tensor | None:
+    """``resets`` as bool. Only bool or 0/1 integers are accepted: a float or a 2 would be a
+    reset for one consumer and not for another (the recurrence tests ``!= 0``, the conv counts
+    documents), letting one document leak into the next."""
+    if resets is None or not isinstance(resets, Tensor) or resets.dtype == torch.bool:
+        return resets
+    if resets.is_floating_point() or resets.is_complex():
+        raise TypeError(f"{where}: resets must be bool or 0/1 integers, got dtype {resets.dtype}")
+    if resets.numel() and bool(((resets != 0) & (resets != 1)).any()):
+        raise ValueError(f"{where}: resets must hold only 0 and 1 (or be bool); got other values")
+    return resets.bool()
+
+
 class ParaRNNConvergenceWarning(RuntimeWarning):
     """Newton did not converge within the iteration cap; the exact loop finished the solve."""
 
@@ -94,6 +107,9 @@ class ParaRNNLayer(nn.Module):
         self.layer_name: str | None = None  # set by owning models for error messages
         self.last_solve_info: SolveInfo | None = None
         self._warned_convergence = False
+        # step() checks finiteness on the device; True makes every step() raise at once (a sync)
+        self.check_every_step = False
+        self._steps_finite: Tensor | None = None
 
         factory = {"device": device, "dtype": dtype}
         G, H, N = len(self.cell.GATE_ROWS), num_heads, state_size
@@ -212,17 +228,34 @@ class ParaRNNLayer(nn.Module):
             raise TypeError(f"{self._label}: {what} must be a tensor [batch, time], got {type(m).__name__}")
         if tuple(m.shape) != (batch, time):
             raise ValueError(f"{self._label}: {what} must have shape ({batch}, {time}); got {tuple(m.shape)}")
+        if what == "resets":
+            m = check_resets(m, self._label)
         return (m != 0).view(batch, time, 1, 1)
 
-    def _raise_non_finite(self, x: Tensor, s0: Tensor) -> None:
-        named = [("input x", x), ("initial_state", s0)]
+    def _raise_non_finite(self, x: Tensor, s0: Tensor | None, u: Tensor | None = None, what: str = "input x") -> None:
+        named = [(what, x)] + ([] if s0 is None else [("initial_state", s0)])
         named += [(f"parameter {n}", p) for n, p in self.named_parameters()]
-        for what, t in named:
+        for label, t in named:
             if not torch.isfinite(t).all():
-                raise FloatingPointError(f"{self._label}: {what} contains NaN or Inf")
+                where = " at a real (unmasked) position" if label.startswith("input") else ""
+                raise FloatingPointError(f"{self._label}: {label} contains NaN or Inf{where}")
+        if u is not None and not torch.isfinite(u).all():
+            raise FloatingPointError(
+                f"{self._label}: the input projection overflowed in {u.dtype} although x and the weights are finite"
+            )
         raise FloatingPointError(
             f"{self._label}: the recurrent state became NaN/Inf although inputs and parameters are finite"
         )
+
+    def _check_finite(self, x: Tensor, s0: Tensor, u: Tensor) -> None:
+        """One reduction and one host sync for everything the solve reads. Non-finite values in
+        x at real positions or in B or b saturate the gates and give finite outputs with NaN
+        gradients, so they are refused here rather than trusted to show in the states."""
+        checks = [torch.isfinite(u).all(), torch.isfinite(self.A).all(), torch.isfinite(s0).all()]
+        if self.C is not None:
+            checks.append(torch.isfinite(self.C).all())
+        if not bool(torch.stack(checks).all()):
+            self._raise_non_finite(x, s0, u)
 
     # ----------------------------------------------------------------------------- forward
     def forward(
@@ -246,11 +279,14 @@ class ParaRNNLayer(nn.Module):
         s0 = self._state_tensor(initial_state, batch, x, dtype)
         m = self._step_mask(mask, "mask", batch, time)
         r = self._step_mask(resets, "resets", batch, time)
-        if time == 0:
-            y = x.new_zeros(batch, 0, self.state_size)
+        if time == 0 or batch == 0:
+            y = x.new_zeros(batch, time, self.state_size)
             return (y, self._public_state(s0)) if return_state else y
         keep = None if r is None else (~r).to(dtype)
+        if m is not None:  # padding cannot reach the projection (or its gradients), whatever it holds
+            x = torch.where(m.view(batch, time, 1), x, torch.zeros((), dtype=x.dtype, device=x.device))
         u = self.project(x)
+        self._check_finite(x, s0, u)
         method = select_method(self.backend, u, self.state_rows)
         if method != "triton":  # the kernels read bf16/fp16 u as is and compute in fp32
             u = u.to(dtype)
@@ -285,7 +321,27 @@ class ParaRNNLayer(nn.Module):
             s = triton_decode_step(self.cell, s0, u, self.A, self.C)
         else:
             s = Transition(self.cell, s0, u, self.A.to(dtype), C).output()
+        # No host sync per token: the finiteness of what the step read and wrote is folded
+        # into a device flag that check_steps() (called once per generate()) reads.
+        ok = torch.isfinite(u).all() & torch.isfinite(s).all()
+        self._steps_finite = ok if self._steps_finite is None else self._steps_finite & ok
+        if self.check_every_step:
+            self.check_steps(x_t)
         return s[..., -1, :].to(x_t.dtype), self._public_state(s)
+
+    def check_steps(self, x_t: Tensor | None = None) -> None:
+        """Raise ``FloatingPointError`` if any ``step()`` since the last check read or produced
+        NaN/Inf (one host sync); then start counting again."""
+        flag, self._steps_finite = self._steps_finite, None
+        if flag is not None and not bool(flag):
+            if x_t is not None:
+                self._raise_non_finite(x_t, None, what="input x_t")
+            for n, p in self.named_parameters():
+                if not torch.isfinite(p).all():
+                    raise FloatingPointError(f"{self._label}: parameter {n} contains NaN or Inf")
+            raise FloatingPointError(
+                f"{self._label}: a decoding step read or produced NaN/Inf (input, state or projection)"
+            )
 
     def _fused_step(self, u: Tensor) -> bool:
         """The one-launch decode kernel: inference only (it has no backward), fp32 state."""

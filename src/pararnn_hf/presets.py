@@ -36,6 +36,7 @@ def count_parameters(config: ParaRNNConfig) -> int:
     )
     cell = 3 * di + 3 * di * di // config.num_heads + 3 * di + (2 * di if config.cell == "lstm" else 0)
     mixer = d + d * 2 * di + di * config.conv_kernel + di + cell + di + di * d  # norms, projections, conv
+    mixer += 1 if config.mixer_residual_scale else 0
     mlp = d + 3 * d * f
     head = 0 if config.tie_word_embeddings else V * d
     return V * d + L * (mixer + mlp) + d + head

@@ -27,4 +27,4 @@ class ParaRNNLM(HFLM):
                 if hasattr(module, "backend") and hasattr(module, "cell"):
                     module.backend = solver_backend
         if prefill_chunk_size is not None:
-            config.prefill_chunk_size = int(prefill_chunk_size)
+            config.recurrent_prefill_chunk_size = int(prefill_chunk_size)

@@ -44,8 +44,15 @@ class ParaRNNConfig(PretrainedConfig):
         newton_max_iterations: cap on Newton iterations before the exact fallback.
         newton_tolerance: residual tolerance (None: 4e-6 for fp32, 1e-11 for fp64).
         backend: ``"auto"``, ``"torch"``, ``"sequential"`` or ``"triton"``.
-        prefill_chunk_size: when set, prompts longer than this are prefilled in chunks of
-            this many tokens, carrying the recurrent state (bounded memory, same result).
+        recurrent_prefill_chunk_size: when set, prompts longer than this are prefilled in
+            chunks of this many tokens, carrying the recurrent state (bounded memory, same
+            result). Not named ``prefill_chunk_size``: transformers copies that key into the
+            generation config and runs its own chunking, which needs a key/value cache. Folders
+            saved with the old name load with it mapped to the new one.
+        mixer_residual_scale: multiply each mixer's residual by a learnable scalar
+            (``x = x * residual_scale + mixer(x)``), as the reference LM training layout does.
+        mlp_residual: add the MLP's input to its output (default); False gives
+            ``x = mlp(norm(x))``, the reference LM training layout's MLP block.
         init_recurrent_std, init_input_bound, init_gate_bias: cell initialisation
             (None: the reference defaults ``2/sqrt(5N)``, ``sqrt(6/(D/H + N))``, ``(0, 1)``).
     """
@@ -71,7 +78,9 @@ class ParaRNNConfig(PretrainedConfig):
         newton_max_iterations: int = 8,
         newton_tolerance: float | None = None,
         backend: str = "auto",
-        prefill_chunk_size: int | None = None,
+        recurrent_prefill_chunk_size: int | None = None,
+        mixer_residual_scale: bool = False,
+        mlp_residual: bool = True,
         init_recurrent_std: float | None = None,
         init_input_bound: float | None = None,
         init_gate_bias: tuple[float, float] | list[float] = (0.0, 1.0),
@@ -97,7 +106,12 @@ class ParaRNNConfig(PretrainedConfig):
         self.newton_max_iterations = newton_max_iterations
         self.newton_tolerance = newton_tolerance
         self.backend = backend
-        self.prefill_chunk_size = prefill_chunk_size
+        legacy_chunk = kwargs.pop("prefill_chunk_size", None)
+        if recurrent_prefill_chunk_size is None:
+            recurrent_prefill_chunk_size = legacy_chunk
+        self.recurrent_prefill_chunk_size = recurrent_prefill_chunk_size
+        self.mixer_residual_scale = mixer_residual_scale
+        self.mlp_residual = mlp_residual
         self.init_recurrent_std = init_recurrent_std
         self.init_input_bound = init_input_bound
         self.init_gate_bias = list(init_gate_bias)
@@ -147,9 +161,14 @@ class ParaRNNConfig(PretrainedConfig):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, (int, float)) or not value > 0):
                 raise ValueError(f"ParaRNNConfig: {key} must be > 0 or None, got {value!r}")
-        chunk = self.prefill_chunk_size
+        chunk = self.recurrent_prefill_chunk_size
         if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
-            raise ValueError(f"ParaRNNConfig: prefill_chunk_size must be a positive int or None, got {chunk!r}")
+            raise ValueError(
+                f"ParaRNNConfig: recurrent_prefill_chunk_size must be a positive int or None, got {chunk!r}"
+            )
+        for key in ("mixer_residual_scale", "mlp_residual"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"ParaRNNConfig: {key} must be true or false, got {getattr(self, key)!r}")
         bias = self.init_gate_bias
         if len(bias) != 2 or not all(isinstance(v, (int, float)) for v in bias):
             raise ValueError(f"ParaRNNConfig: init_gate_bias must be two numbers (lo, hi), got {bias!r}")

@@ -98,7 +98,7 @@ class ParaRNNRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x = x.float()
+        x = x.float() if x.element_size() < 4 else x  # half precision upcast; float64 stays float64
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
 
@@ -146,6 +146,8 @@ class ParaRNNMixer(nn.Module):
         self.cell.layer_name = f"model.layers.{layer_idx}.mixer.cell"
         self.gate_norm = ParaRNNRMSNorm(di, config.rms_norm_eps)
         self.out_proj = nn.Linear(di, d, bias=False)
+        # the reference LM training layout scales the residual by a learnable scalar
+        self.residual_scale = nn.Parameter(torch.ones(())) if config.mixer_residual_scale else None
 
     def forward(self, hidden, mask, resets, conv_state, rnn_state):
         x, g = self.in_proj(self.norm(hidden)).chunk(2, dim=-1)
@@ -163,7 +165,8 @@ class ParaRNNMixer(nn.Module):
         else:
             y, new_rnn_state = self.cell(x, initial_state=rnn_state, mask=mask, resets=resets, return_state=True)
         out = self.out_proj(self.gate_norm(y) * F.silu(g))
-        return hidden + out, new_conv_state, new_rnn_state
+        residual = hidden if self.residual_scale is None else hidden * self.residual_scale.to(hidden.dtype)
+        return residual + out, new_conv_state, new_rnn_state
 
 
 class ParaRNNMLP(nn.Module):
@@ -178,17 +181,20 @@ class ParaRNNMLP(nn.Module):
 
 
 class ParaRNNBlock(GradientCheckpointingLayer):
-    """Pre-norm residual mixer, then pre-norm residual SwiGLU MLP."""
+    """Pre-norm residual mixer, then pre-norm SwiGLU MLP: residual by default, without one
+    (``x = mlp(norm(x))``) when ``config.mlp_residual`` is False, as in the reference LM layout."""
 
     def __init__(self, config: ParaRNNConfig, layer_idx: int):
         super().__init__()
         self.mixer = ParaRNNMixer(config, layer_idx)
         self.mlp_norm = ParaRNNRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = ParaRNNMLP(config)
+        self.mlp_residual = config.mlp_residual
 
     def forward(self, hidden, mask=None, resets=None, conv_state=None, rnn_state=None):
         hidden, conv_state, rnn_state = self.mixer(hidden, mask, resets, conv_state, rnn_state)
-        hidden = hidden + self.mlp(self.mlp_norm(hidden))
+        mlp_out = self.mlp(self.mlp_norm(hidden))
+        hidden = hidden + mlp_out if self.mlp_residual else mlp_out
         return hidden, conv_state, rnn_state
 
 
@@ -222,6 +228,8 @@ class ParaRNNPreTrainedModel(PreTrainedModel):
                 init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, ParaRNNRMSNorm):
             init.ones_(module.weight)
+        elif isinstance(module, ParaRNNMixer) and module.residual_scale is not None:
+            init.ones_(module.residual_scale)
         elif isinstance(module, tuple(CELL_CLASSES.values())):
             module.reset_parameters(init)
 
@@ -304,12 +312,18 @@ class ParaRNNModel(ParaRNNPreTrainedModel):
         mask = self._step_mask(attention_mask, B, T)
         if resets is not None and tuple(resets.shape) != (B, T):
             raise ValueError(f"ParaRNNModel: resets must have shape ({B}, {T}); got {tuple(resets.shape)}")
+        if resets is not None:  # one meaning for the conv and the cell: bool, or 0/1 integers
+            if resets.is_floating_point() or resets.is_complex():
+                raise TypeError(f"ParaRNNModel: resets must be bool or 0/1 integers, got dtype {resets.dtype}")
+            if resets.dtype != torch.bool and bool(((resets != 0) & (resets != 1)).any()):
+                raise ValueError("ParaRNNModel: resets must hold only 0 and 1 (or be bool); got other values")
+            resets = resets.bool()
         if use_cache and cache is None:
             cache = ParaRNNCache(self.config, B, hidden.dtype, hidden.device)
         if cache is not None and cache.conv_states[0].shape[0] != B:
             raise ValueError(f"ParaRNNModel: the cache holds {cache.conv_states[0].shape[0]} rows, the input {B}")
 
-        chunk = self.config.prefill_chunk_size if cache is not None else None
+        chunk = self.config.recurrent_prefill_chunk_size if cache is not None else None
         bounds = [(s, min(s + chunk, T)) for s in range(0, T, chunk)] if chunk and T > chunk else [(0, T)]
         all_hidden: list[list[torch.Tensor]] = [[] for _ in range(len(self.layers) + 1)]
         outputs = []
@@ -365,6 +379,20 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.model.embed_tokens = value
+
+    def generate(self, *args: Any, **kwargs: Any):
+        """``GenerationMixin.generate``, then one check that no decoding step read or produced
+        NaN/Inf (``FloatingPointError`` naming the layer): decoding steps keep a device-side
+        flag instead of syncing with the host at every token. The prompt's forward is checked
+        as it runs."""
+        cells = [layer.mixer.cell for layer in self.model.layers]
+        for cell in cells:
+            cell._steps_finite = None
+        out = super().generate(*args, **kwargs)
+        for cell in cells:
+            if hasattr(cell, "check_steps"):
+                cell.check_steps()
+        return out
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
