@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -32,36 +33,79 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model_and_tokenizer(model_dir: str, dtype: str, device: str):
-    from pathlib import Path
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
+
+def check_device(cmd: str, device: str) -> None:
+    """A device string torch understands, and one this machine has."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SystemExit(f"pararnn-hf {cmd}: --device {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"pararnn-hf {cmd}: --device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SystemExit(f"pararnn-hf {cmd}: --device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def check_model_folder(cmd: str, model_dir: str, need_tokenizer: bool = False) -> Path:
+    """A local saved model folder (nothing is looked up on the Hub)."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise SystemExit(f"pararnn-hf {cmd}: no such model folder: {model_dir}")
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"pararnn-hf {cmd}: {model_dir} is not a saved model folder (no config.json)")
+    if need_tokenizer and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise SystemExit(
+            f"pararnn-hf {cmd}: {model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer into the folder with tokenizer.save_pretrained(folder)"
+        )
+    return folder
+
+
+def _load_model_and_tokenizer(cmd: str, model_dir: str, dtype: str, device: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import ParaRNNConfig  # noqa: F401  (registers the model type)
 
-    folder = Path(model_dir)
-    if not (folder / "config.json").is_file():
-        raise SystemExit(f"pararnn-hf: {model_dir} is not a saved model folder (no config.json)")
+    check_device(cmd, device)
+    folder = check_model_folder(cmd, model_dir, need_tokenizer=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as err:
-        raise SystemExit(f"pararnn-hf: no usable tokenizer in {model_dir}: {err}") from None
+        raise SystemExit(f"pararnn-hf {cmd}: no usable tokenizer in {model_dir}: {err}") from None
     torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         dtype
     ]
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device).eval()
-    return model, tokenizer
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    except Exception as err:  # truncated or corrupt weights raise many types
+        raise SystemExit(f"pararnn-hf {cmd}: cannot load the model in {model_dir}: {_one_line(err)}") from None
+    return model.to(device).eval(), tokenizer
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import TextStreamer
 
-    model, tokenizer = _load_model_and_tokenizer(args.model, args.dtype, args.device)
+    if args.max_new_tokens < 1:
+        raise SystemExit(f"pararnn-hf generate: --max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.num_beams < 1:
+        raise SystemExit(f"pararnn-hf generate: --num-beams must be at least 1, got {args.num_beams}")
+    model, tokenizer = _load_model_and_tokenizer("generate", args.model, args.dtype, args.device)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     inputs = tokenizer([args.prompt], return_tensors="pt").to(args.device)
+    if inputs["input_ids"].shape[1] == 0:
+        raise SystemExit("pararnn-hf generate: the prompt is empty (no tokens); give --prompt some text")
     streamer = TextStreamer(tokenizer, skip_special_tokens=True) if args.num_beams == 1 else None
     output = model.generate(
         **inputs,
@@ -167,6 +211,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import run_eval
+
+    check_device("eval", args.device)
+    check_model_folder("eval", args.model)
 
     model_args = {}
     if args.solver_backend:
@@ -321,10 +368,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     tune_cpu_allocator()
-    if argv[:1] == ["train"]:
-        return cmd_train(argv[1:])
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    command = argv[0] if argv else ""
+    try:
+        if command == "train":
+            return cmd_train(argv[1:])
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        # Anything the commands did not anticipate still ends in one line, not a traceback;
+        # PARARNN_HF_DEBUG=1 shows the traceback for a bug report.
+        if os.environ.get("PARARNN_HF_DEBUG"):
+            raise
+        raise SystemExit(f"pararnn-hf {command}: {_one_line(err)}") from None
 
 
 if __name__ == "__main__":

@@ -93,8 +93,15 @@ class ParaRNNLayer(nn.Module):
             )
         if not isinstance(newton_max_iterations, int) or newton_max_iterations < 1:
             raise ValueError(f"newton_max_iterations must be an int >= 1, got {newton_max_iterations!r}")
-        if newton_tolerance is not None and not newton_tolerance > 0:
-            raise ValueError(f"newton_tolerance must be > 0 or None, got {newton_tolerance!r}")
+        for key, value in (
+            ("newton_tolerance", newton_tolerance),
+            ("init_recurrent_std", init_recurrent_std),
+            ("init_input_bound", init_input_bound),
+        ):
+            if value is not None and (
+                not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf
+            ):
+                raise ValueError(f"{key} must be a finite number > 0 or None, got {value!r}")
         if dtype is not None and dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
         self.input_size, self.state_size, self.num_heads = input_size, state_size, num_heads

@@ -52,11 +52,27 @@ def _load_config(path: str | os.PathLike) -> ParaRNNConfig:
         raise FileNotFoundError(f"no such config file: {path}")
     try:
         values = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConversionError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise ConversionError(f"{path} must hold a JSON object of ParaRNNConfig keys, got {type(values).__name__}")
     for key in ("model_type", "auto_map", "architectures", "transformers_version", "dtype", "torch_dtype"):
         values.pop(key, None)
-    return ParaRNNConfig(**values)
+    try:
+        return ParaRNNConfig(**values)
+    except (TypeError, ValueError) as err:
+        raise ConversionError(f"{path}: {err}") from None
+
+
+def _load_model(model_dir: str | os.PathLike, **kwargs) -> ParaRNNForCausalLM:
+    """A saved ParaRNN folder; a missing, truncated or corrupt one is a ConversionError."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"no saved model folder at {model_dir} (no config.json)")
+    try:
+        return ParaRNNForCausalLM.from_pretrained(model_dir, **kwargs)
+    except Exception as err:  # safetensors, torch and transformers raise many types for bad files
+        text = " ".join(str(err).split())
+        raise ConversionError(f"cannot load the model in {model_dir} ({type(err).__name__}: {text})") from None
 
 
 def _copy_tokenizer(source: str | os.PathLike | None, target: Path) -> list[str]:
@@ -125,7 +141,7 @@ def from_reference(
             raise ValueError("--cells needs --config CONFIG.json or --base DIR to know the model shape")
         cfg = _load_config(config) if config else _load_config(base)
         if base:
-            model = ParaRNNForCausalLM.from_pretrained(base, config=cfg)
+            model = _load_model(base, config=cfg)
             report["rest"] = f"non-cell weights from {base}"
         else:
             torch.manual_seed(seed)
@@ -177,7 +193,7 @@ def to_reference(
         raise ValueError(f"unknown format {fmt!r}; expected safetensors or pt")
     torch_dtype = _dtype(dtype)
     check_target(out, overwrite, keep=[model_dir])
-    model = ParaRNNForCausalLM.from_pretrained(model_dir)
+    model = _load_model(model_dir)
     cfg = model.config
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if torch_dtype is not None:
@@ -231,6 +247,8 @@ def from_llama(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     check_target(out, overwrite, keep=[llama_dir])
+    if not (Path(llama_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"no saved model folder at {llama_dir} (no config.json)")
     src_cfg = AutoConfig.from_pretrained(llama_dir)
     if getattr(src_cfg, "model_type", None) not in ("llama", "mistral", "qwen2", "qwen3"):
         raise ConversionError(

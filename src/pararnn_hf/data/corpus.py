@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sysconfig
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,7 @@ def _read_documents(path: Path, key: str) -> Iterable[tuple[str, str]]:
                     raise ValueError(f'{path}:{i + 1}: each JSONL line needs a string "text" field')
                 yield f"{key}:{i}", record["text"]
     else:
-        yield key, path.read_bytes().decode("utf-8", "replace")
+        yield key, path.read_bytes().decode("utf-8")
 
 
 def local_corpus(paths: Iterable[str | os.PathLike], validation_percent: float = 2.0) -> Corpus:
@@ -103,7 +104,22 @@ def local_corpus(paths: Iterable[str | os.PathLike], validation_percent: float =
             files.extend((f, f.relative_to(p).as_posix()) for f in found)
         else:
             files.append((p, p.name))
-    docs = [(key, text) for f, name in files for key, text in _read_documents(f, name) if text.strip()]
+    docs, skipped = [], []
+    for f, name in files:
+        try:
+            found = [(key, text) for key, text in _read_documents(f, name) if text.strip()]
+        except UnicodeDecodeError:  # binary or another encoding: decoding would invent U+FFFD text
+            skipped.append(str(f))
+            continue
+        if any("\x00" in text for _, text in found):
+            skipped.append(str(f))
+            continue
+        docs.extend(found)
+    if skipped:
+        warnings.warn(
+            f"skipped {len(skipped)} file(s) that are not UTF-8 text (binary or another encoding), e.g. {skipped[0]}",
+            stacklevel=2,
+        )
     if not docs:
         raise ValueError(f"the corpus {', '.join(str(f) for f, _ in files)} is empty")
     train = [t for k, t in docs if not _in_validation(k, validation_percent)]
@@ -157,8 +173,16 @@ def hf_corpus(spec: str, text_field: str = "text", validation_percent: float = 2
     return Corpus(f"hf:{spec}", train, validation)
 
 
+def check_validation_percent(validation_percent: float) -> None:
+    if not isinstance(validation_percent, (int, float)) or not 0 <= validation_percent < 100:
+        raise ValueError(
+            f"--validation_percent must be at least 0 and below 100 (a share of documents), got {validation_percent!r}"
+        )
+
+
 def load_corpus(source: str | list[str] = "builtin", validation_percent: float = 2.0) -> Corpus:
     """``"builtin"``, ``"hf:NAME[:CONFIG]"``, or one or more local paths."""
+    check_validation_percent(validation_percent)
     sources = [source] if isinstance(source, str) else list(source)
     if sources == ["builtin"]:
         return builtin_corpus(validation_percent)

@@ -92,11 +92,31 @@ def _lm_eval_results(path: str | Path | None) -> dict[str, Any]:
         raise FileNotFoundError(f"no such results file: {path}")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CardError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise CardError(f"{path} has no lm-eval 'results' section")
+    for task, metrics in data["results"].items():
+        if not isinstance(metrics, dict):
+            raise CardError(f"{path}: results[{task!r}] must be an object of metrics, got {type(metrics).__name__}")
     return data["results"]
+
+
+def _train_summary(path: Path) -> dict[str, Any]:
+    """``train_summary.json`` if present, checked: the card prints its numbers."""
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CardError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(summary, dict):
+        raise CardError(f"{path} must hold a JSON object")
+    for key in ("train_loss", "eval_loss", "eval_perplexity"):
+        value = summary.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise CardError(f"{path}: {key} must be a number, got {value!r}")
+    return summary
 
 
 def _evaluation_text(results: dict[str, Any]) -> str:
@@ -128,9 +148,11 @@ def render_card(
     folder = Path(model_dir)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json)")
-    config = ParaRNNConfig.from_pretrained(folder)
-    summary_path = folder / "train_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    try:
+        config = ParaRNNConfig.from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as err:
+        raise CardError(f"{folder / 'config.json'} is not a usable ParaRNN config: {err}") from None
+    summary = _train_summary(folder / "train_summary.json")
     results = _lm_eval_results(results_path)
     name = model_name or folder.resolve().name
     params = count_parameters(config)
@@ -146,7 +168,9 @@ def render_card(
     )
     if summary:
         nan = float("nan")
-        losses = (summary.get("train_loss", nan), summary.get("eval_loss", nan), summary.get("eval_perplexity", nan))
+        losses = tuple(
+            nan if summary.get(k) is None else summary[k] for k in ("train_loss", "eval_loss", "eval_perplexity")
+        )
         training = (
             f"Trained with `pararnn-hf` on `{summary.get('corpus')}`: {summary.get('train_sequences')} "
             f"packed sequences ({summary.get('train_tokens_per_epoch')} tokens per epoch), final train loss "

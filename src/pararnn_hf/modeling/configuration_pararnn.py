@@ -96,9 +96,9 @@ class ParaRNNConfig(PretrainedConfig):
         self.expand = expand
         self.num_heads = num_heads
         self.conv_kernel = conv_kernel
-        self.intermediate_size = (
-            intermediate_size if intermediate_size is not None else _default_intermediate_size(hidden_size)
-        )
+        if intermediate_size is None and isinstance(hidden_size, int) and not isinstance(hidden_size, bool):
+            intermediate_size = _default_intermediate_size(hidden_size)
+        self.intermediate_size = intermediate_size  # a bad hidden_size is named by validate_pararnn
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
         self.use_cache = use_cache
@@ -114,7 +114,7 @@ class ParaRNNConfig(PretrainedConfig):
         self.mlp_residual = mlp_residual
         self.init_recurrent_std = init_recurrent_std
         self.init_input_bound = init_input_bound
-        self.init_gate_bias = list(init_gate_bias)
+        self.init_gate_bias = list(init_gate_bias) if isinstance(init_gate_bias, (list, tuple)) else [init_gate_bias]
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -155,12 +155,14 @@ class ParaRNNConfig(PretrainedConfig):
             )
         for key in ("rms_norm_eps", "initializer_range"):
             value = getattr(self, key)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"ParaRNNConfig: {key} must be > 0, got {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise ValueError(f"ParaRNNConfig: {key} must be a finite number > 0, got {value!r}")
         for key in ("newton_tolerance", "init_recurrent_std", "init_input_bound"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, (int, float)) or not value > 0):
-                raise ValueError(f"ParaRNNConfig: {key} must be > 0 or None, got {value!r}")
+            if value is not None and (
+                not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf")
+            ):
+                raise ValueError(f"ParaRNNConfig: {key} must be a finite number > 0 or None, got {value!r}")
         chunk = self.recurrent_prefill_chunk_size
         if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
             raise ValueError(
@@ -170,7 +172,7 @@ class ParaRNNConfig(PretrainedConfig):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"ParaRNNConfig: {key} must be true or false, got {getattr(self, key)!r}")
         bias = self.init_gate_bias
-        if len(bias) != 2 or not all(isinstance(v, (int, float)) for v in bias):
+        if len(bias) != 2 or not all(isinstance(v, (int, float)) and abs(v) < float("inf") for v in bias):
             raise ValueError(f"ParaRNNConfig: init_gate_bias must be two numbers (lo, hi), got {bias!r}")
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, key, None)

@@ -385,6 +385,11 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
         NaN/Inf (``FloatingPointError`` naming the layer): decoding steps keep a device-side
         flag instead of syncing with the host at every token. The prompt's forward is checked
         as it runs."""
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if isinstance(ids, torch.Tensor) and ids.dim() >= 1 and ids.shape[-1] == 0 and "inputs_embeds" not in kwargs:
+            raise ValueError(
+                "ParaRNNForCausalLM.generate: the prompt is empty; pass at least one token (e.g. the BOS token)"
+            )
         cells = [layer.mixer.cell for layer in self.model.layers]
         for cell in cells:
             cell._steps_finite = None

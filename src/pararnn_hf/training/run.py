@@ -109,6 +109,8 @@ def build_model(model_args: ModelArguments, vocab_size: int, pad_id: int, eos_id
         raise ValueError(f"choose one of --preset, --config and --model (got {', '.join(chosen)})")
     overrides = {"backend": model_args.backend} if model_args.backend else {}
     if model_args.model:
+        if not (Path(model_args.model) / "config.json").is_file():
+            raise FileNotFoundError(f"--model {model_args.model}: no saved model folder there (no config.json)")
         return ParaRNNForCausalLM.from_pretrained(model_args.model, **overrides)
     ids = dict(vocab_size=vocab_size, pad_token_id=pad_id, bos_token_id=eos_id, eos_token_id=eos_id)
     if model_args.config:
@@ -119,6 +121,8 @@ def build_model(model_args: ModelArguments, vocab_size: int, pad_id: int, eos_id
             values = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a JSON object of ParaRNNConfig keys, got {type(values).__name__}")
         values.pop("model_type", None)
         config = ParaRNNConfig(**{**values, **ids, **overrides})
     else:
@@ -127,6 +131,8 @@ def build_model(model_args: ModelArguments, vocab_size: int, pad_id: int, eos_id
 
 
 def load_tokenizer(model_args: ModelArguments, corpus, vocab_size: int):
+    if model_args.model and not (Path(model_args.model) / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model_args.model}: no saved model folder there (no config.json)")
     if model_args.model:
         from transformers import AutoTokenizer
 
