@@ -82,7 +82,7 @@ def test_training_lowers_the_loss_and_writes_plot_and_summary(tmp_path, corpus_d
 def test_resume_from_checkpoint_continues_with_identical_loss(tmp_path, corpus_dir):
     config = tiny_config_file(tmp_path, cell="lstm")
     data = DataArguments(data=[str(corpus_dir)], seq_len=48, vocab_size=512)
-    run_training(
+    full_summary = run_training(
         ModelArguments(config=config),
         data,
         training_args(tmp_path / "full", max_steps=10, logging_steps=1, save_strategy="steps", save_steps=5),
@@ -90,11 +90,13 @@ def test_resume_from_checkpoint_continues_with_identical_loss(tmp_path, corpus_d
     full = json.loads((tmp_path / "full" / "log_history.json").read_text())
     checkpoint = tmp_path / "full" / "checkpoint-5"
     assert checkpoint.is_dir()
-    run_training(
+    resumed_summary = run_training(
         ModelArguments(config=config),
         data,
         training_args(tmp_path / "resumed", max_steps=10, logging_steps=1, resume_from_checkpoint=str(checkpoint)),
     )
+    # the summary's train loss covers the whole run, not only the steps after the resume
+    assert resumed_summary["train_loss"] == pytest.approx(full_summary["train_loss"], rel=1e-4)
     resumed = json.loads((tmp_path / "resumed" / "log_history.json").read_text())
     after = {e["step"]: e["loss"] for e in full if "loss" in e and e["step"] > 5}
     again = {e["step"]: e["loss"] for e in resumed if "loss" in e and e["step"] > 5}
@@ -107,7 +109,7 @@ def test_output_folder_with_a_model_is_not_overwritten(tmp_path, corpus_dir):
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.json").write_text("{}")
-    with pytest.raises(FileExistsError, match="already holds a model"):
+    with pytest.raises(FileExistsError, match="already holds a finished model"):
         run_training(
             ModelArguments(config=tiny_config_file(tmp_path)),
             DataArguments(data=[str(corpus_dir)], seq_len=32, vocab_size=300),
@@ -283,6 +285,7 @@ def test_two_process_gloo_run_matches_one_process(tmp_path, corpus_dir):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("saved to") == 1  # rank 0 reports; the other rank stays quiet
     assert json.loads((ddp / "train_summary.json").read_text())["world_size"] == 2
     assert json.loads((single / "train_summary.json").read_text())["world_size"] == 1
     one, two = _losses(single), _losses(ddp)

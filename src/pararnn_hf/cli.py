@@ -136,10 +136,11 @@ def cmd_train(argv: list[str]) -> int:
         summary = run_training(model_args, data_args, training_args)
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"pararnn-hf train: {err}") from None
-    print(
-        f"saved to {summary['output_dir']}; eval loss {summary['eval_loss']:.4f}, "
-        f"perplexity {summary['eval_perplexity']:.2f}; loss curves {summary['loss_plot']}"
-    )
+    if summary.get("is_main_process", True):  # one line per run, not one per process
+        print(
+            f"saved to {summary['output_dir']}; eval loss {summary['eval_loss']:.4f}, "
+            f"perplexity {summary['eval_perplexity']:.2f}; loss curves {summary['loss_plot']}"
+        )
     return 0
 
 

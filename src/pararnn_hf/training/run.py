@@ -103,6 +103,33 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, resume: str | bool
     return []
 
 
+def whole_run_train_loss(trainer, run_loss: float, resume: str | bool | None, output_dir: str) -> float:
+    """The mean training loss over every step of the run, also after a resume: Trainer's own
+    figure covers only the steps since the resume (and transformers < 5.24 divides their sum
+    by all steps). The steps before the resume are taken from the checkpoint's log history."""
+    if not resume:
+        return run_loss
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoint = get_last_checkpoint(output_dir) if resume is True else resume
+    try:
+        start = int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+    except (OSError, TypeError, ValueError, KeyError):
+        return run_loss
+    total_steps = trainer.state.global_step
+    logged = sorted((e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e and e["step"] <= start)
+    if start == 0 or not logged or total_steps <= start:
+        return run_loss
+    weighted, previous = 0.0, 0
+    for step, loss in logged:
+        weighted, previous = weighted + (step - previous) * loss, step
+    before = weighted / previous * start  # unlogged steps just before the save: the logged mean
+    since = getattr(trainer, "_total_loss_scalar", None)
+    if since is None:
+        return run_loss
+    return (before + since) / total_steps
+
+
 def build_model(model_args: ModelArguments, vocab_size: int, pad_id: int, eos_id: int) -> ParaRNNForCausalLM:
     chosen = [k for k in ("preset", "config", "model") if getattr(model_args, k)]
     if len(chosen) > 1:
@@ -187,6 +214,7 @@ def run_training(
         callbacks=[LossPlotCallback()],
     )
     result = trainer.train(resume_from_checkpoint=resume)
+    train_loss = whole_run_train_loss(trainer, result.training_loss, resume, training_args.output_dir)
     trainer.save_model(training_args.output_dir)
     metrics = trainer.evaluate()
     summary = {
@@ -197,7 +225,7 @@ def run_training(
         "eval_target_tokens": eval_ds.num_target_tokens,
         "parameters": sum(p.numel() for p in model.parameters()),
         "world_size": training_args.world_size,
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "eval_loss": metrics.get("eval_loss"),
         "eval_perplexity": metrics.get("eval_perplexity", math.nan),
@@ -205,4 +233,4 @@ def run_training(
     }
     if trainer.is_world_process_zero():
         Path(training_args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return {**summary, "is_main_process": trainer.is_world_process_zero()}
