@@ -9,18 +9,10 @@ import warnings
 import pytest
 import torch
 
-from helpers import tiny_model, tiny_tokenizer
+from helpers import tiny_model
 from pararnn_hf import ParaRNNConfig
 from pararnn_hf.cli import main
 from pararnn_hf.data import load_corpus
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    folder = tmp_path / "model"
-    tiny_model("gru").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def fails(argv, cmd, match):
@@ -132,3 +124,12 @@ def test_binary_and_non_utf8_corpus_files_are_skipped_with_a_count(tmp_path):
         corpus = load_corpus([str(tmp_path)], validation_percent=0)
     assert any("skipped 2 file(s) that are not UTF-8 text" in str(w.message) for w in caught)
     assert not any("\ufffd" in t or "\x00" in t for t in corpus.train + corpus.validation)
+
+
+def test_eval_include_paths_are_checked(model_dir, tmp_path):
+    fails(["eval", "--model", str(model_dir), "--include-path", str(tmp_path / "none")], "eval", "no such folder")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "bad.yaml").write_text("task: [unclosed\n")
+    fails(["eval", "--model", str(model_dir), "--include-path", str(tmp_path / "tasks")], "eval", "not valid YAML")
+    (tmp_path / "empty").mkdir()
+    fails(["eval", "--model", str(model_dir), "--include-path", str(tmp_path / "empty")], "eval", "no task YAML")

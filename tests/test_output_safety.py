@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from helpers import tiny_model, tiny_tokenizer
 from pararnn_hf.cli import main
 from pararnn_hf.output_guard import (
     UnsafeOutputError,
@@ -33,26 +32,18 @@ def cli(*args, cwd, timeout=300):
     )
 
 
-@pytest.fixture
-def model_folder(tmp_path):
-    folder = tmp_path / "model"
-    tiny_model("gru").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
-
-
 def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_to_reference_into_the_current_folder_is_refused_and_deletes_nothing(tmp_path, model_folder, monkeypatch):
+def test_to_reference_into_the_current_folder_is_refused_and_deletes_nothing(tmp_path, model_dir, monkeypatch):
     before = files_of(tmp_path)
     for out in (".", ""):  # as typed in a shell
         proc = cli("convert", "to-reference", "--model", "model", "--out", out, "--overwrite", cwd=tmp_path)
         assert proc.returncode != 0
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("pararnn-hf convert: "), proc.stderr
-    for out in (str(tmp_path), str(model_folder), str(tmp_path.parent), "model/.."):
+    for out in (str(tmp_path), str(model_dir), str(tmp_path.parent), "model/.."):
         monkeypatch.chdir(tmp_path)
         with pytest.raises(SystemExit, match="^pararnn-hf convert: the output .* (is|contains) "):
             main(["convert", "to-reference", "--model", "model", "--out", out, "--overwrite", "--no-progress"])
@@ -187,15 +178,15 @@ def test_train_refuses_a_folder_with_checkpoints_of_a_killed_run(tmp_path):
     assert [p.name for p in check_output_dir(out, overwrite=True, resume=None)] == ["checkpoint-10", "checkpoint-20"]
 
 
-def test_resuming_never_replaces_a_finished_model_unasked(tmp_path, model_folder):
+def test_resuming_never_replaces_a_finished_model_unasked(tmp_path, model_dir):
     other = tmp_path / "other-run" / "checkpoint-5"
     other.mkdir(parents=True)
     with pytest.raises(FileExistsError, match="already holds a finished model.*resuming would replace it"):
-        check_output_dir(model_folder, overwrite=False, resume=str(other))
+        check_output_dir(model_dir, overwrite=False, resume=str(other))
     (tmp_path / "mine" / "checkpoint-3").mkdir(parents=True)
     with pytest.raises(FileExistsError, match="checkpoints of another run"):
         check_output_dir(tmp_path / "mine", overwrite=False, resume=str(other))
-    assert check_output_dir(model_folder, overwrite=True, resume=str(other)) == []
+    assert check_output_dir(model_dir, overwrite=True, resume=str(other)) == []
 
 
 def test_resume_flag_values():
@@ -204,33 +195,33 @@ def test_resume_flag_values():
     assert resume_target("runs/checkpoint-3") == "runs/checkpoint-3"
 
 
-def test_train_cli_refuses_before_any_work(tmp_path, model_folder):
+def test_train_cli_refuses_before_any_work(tmp_path, model_dir):
     (tmp_path / "run" / "checkpoint-10").mkdir(parents=True)
     proc = cli("train", "--output_dir", "run", "--max_steps", "2", cwd=tmp_path)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("pararnn-hf train: "), proc.stderr
     assert "checkpoints of an earlier run" in proc.stderr
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["checkpoint-10"]
-    before = files_of(model_folder)
+    before = files_of(model_dir)
     proc = cli(
         "train",
         "--output_dir",
-        str(model_folder),
+        str(model_dir),
         "--resume_from_checkpoint",
         str(tmp_path / "run" / "checkpoint-10"),
         cwd=tmp_path,
     )
     assert proc.returncode != 0 and "already holds a finished model" in proc.stderr
-    assert files_of(model_folder) == before
+    assert files_of(model_dir) == before
 
 
 # ----------------------------------------------------------------------------- eval
 
 
-def test_eval_checks_its_output_before_running(tmp_path, model_folder):
+def test_eval_checks_its_output_before_running(tmp_path, model_dir):
     (tmp_path / "a-file").write_text("x")
     results = str(tmp_path / "a-file" / "results.json")
-    proc = cli("eval", "--model", str(model_folder), "--output", results, cwd=tmp_path)
+    proc = cli("eval", "--model", str(model_dir), "--output", results, cwd=tmp_path)
     assert proc.returncode != 0
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("pararnn-hf eval: cannot write") and "is not a folder" in line, proc.stderr
@@ -246,7 +237,7 @@ def test_writable_file_check(tmp_path):
     assert not (tmp_path / "new").exists()  # the check creates nothing
 
 
-def test_eval_results_are_written_whole_and_the_task_folder_removed(tmp_path, model_folder, monkeypatch):
+def test_eval_results_are_written_whole_and_the_task_folder_removed(tmp_path, model_dir, monkeypatch):
     import tempfile
 
     from pararnn_hf.eval import run_eval
@@ -254,13 +245,13 @@ def test_eval_results_are_written_whole_and_the_task_folder_removed(tmp_path, mo
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmpdir"))
     (tmp_path / "tmpdir").mkdir()
     out = tmp_path / "results.json"
-    summary = run_eval(str(model_folder), ["pararnn_stdlib_ppl"], output=str(out), limit=2, batch_size=2)
+    summary = run_eval(str(model_dir), ["pararnn_stdlib_ppl"], output=str(out), limit=2, batch_size=2)
     assert json.loads(out.read_text())["results"].keys() == summary["results"].keys()
     assert list((tmp_path / "tmpdir").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "results.json", "tmpdir"]
 
 
-def test_model_folder_is_untouched_by_a_refused_conversion(tmp_path, model_folder):
-    before = files_of(model_folder)
-    proc = cli("convert", "to-reference", "--model", str(model_folder), "--out", str(model_folder), cwd=tmp_path)
-    assert proc.returncode != 0 and files_of(model_folder) == before
+def test_model_dir_is_untouched_by_a_refused_conversion(tmp_path, model_dir):
+    before = files_of(model_dir)
+    proc = cli("convert", "to-reference", "--model", str(model_dir), "--out", str(model_dir), cwd=tmp_path)
+    assert proc.returncode != 0 and files_of(model_dir) == before

@@ -60,6 +60,20 @@ def run_both(layer, x, init, mask, resets):
     return results["triton"], results["torch"]
 
 
+def assert_close(tri, ref, state_tol, out_tol):
+    """Final states (fp32) within ``state_tol``; outputs and every gradient (in the input
+    dtype) within ``out_tol``."""
+    assert torch.isfinite(tri["y"]).all()
+    assert rel_err(tri["y"], ref["y"]) < out_tol
+    for a, b in zip(tri["final"], ref["final"]):
+        assert rel_err(a, b) < state_tol
+    assert rel_err(tri["dx"], ref["dx"]) < out_tol
+    for a, b in zip(tri["dinit"], ref["dinit"]):
+        assert rel_err(a, b) < out_tol
+    for n in ref["params"]:
+        assert rel_err(tri["params"][n], ref["params"][n]) < out_tol, n
+
+
 @pytest.mark.parametrize("name", ["gru", "lstm"])
 @pytest.mark.parametrize(
     "B,T,N,H,padded",
@@ -79,16 +93,7 @@ def test_triton_matches_torch_backend(name, B, T, N, H, padded):
         mask[0, T // 2] = 0
         resets = torch.zeros(B, T, dtype=torch.bool)
         resets[0, [0, 17, T - 1]] = True
-    tri, ref = run_both(layer, x, init, mask, resets)
-    assert torch.isfinite(tri["y"]).all()
-    assert rel_err(tri["y"], ref["y"]) < TOL
-    for a, b in zip(tri["final"], ref["final"]):
-        assert rel_err(a, b) < TOL
-    assert rel_err(tri["dx"], ref["dx"]) < TOL
-    for a, b in zip(tri["dinit"], ref["dinit"]):
-        assert rel_err(a, b) < TOL
-    for n in ref["params"]:
-        assert rel_err(tri["params"][n], ref["params"][n]) < TOL, n
+    assert_close(*run_both(layer, x, init, mask, resets), TOL, TOL)
 
 
 # Long sequences: the tolerances of the GPU issue (forward and gradients 3e-5 at a few hundred
@@ -123,18 +128,8 @@ def test_long_sequences_match_torch_backend(name, dtype, T):
     resets[0, torch.randint(1, T, (T // 100 + 1,))] = True
     layer, x = layer.to(dtype), x.to(dtype)
     init = tuple(t.to(dtype) for t in init)
-    tri, ref = run_both(layer, x, init, mask, resets)
     tol = _long_tol(T)
-    out_tol = tol if dtype == torch.float32 else 2e-3
-    assert torch.isfinite(tri["y"]).all()
-    assert rel_err(tri["y"], ref["y"]) < out_tol
-    for a, b in zip(tri["final"], ref["final"]):
-        assert rel_err(a, b) < tol
-    assert rel_err(tri["dx"], ref["dx"]) < out_tol
-    for a, b in zip(tri["dinit"], ref["dinit"]):
-        assert rel_err(a, b) < out_tol
-    for n in ref["params"]:
-        assert rel_err(tri["params"][n], ref["params"][n]) < out_tol, n
+    assert_close(*run_both(layer, x, init, mask, resets), tol, tol if dtype == torch.float32 else 2e-3)
 
 
 @pytest.mark.parametrize("name", ["gru", "lstm"])
@@ -219,3 +214,12 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert "backend='triton' cannot run on cpu tensors here" in out.stdout, out.stderr[-2000:]
+
+
+def test_float64_layers_are_not_rounded_through_the_float32_kernels():
+    layer = ParaGRU(4, 4, backend="triton").double().to(DEVICE)
+    with pytest.raises(TypeError, match="backend='triton' computes in float32"):
+        layer(torch.randn(1, 3, 4, dtype=torch.float64, device=DEVICE))
+    layer.backend = "auto"
+    layer(torch.randn(1, 3, 4, dtype=torch.float64, device=DEVICE))
+    assert layer.last_solve_info.method != "triton"

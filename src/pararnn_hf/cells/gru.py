@@ -22,6 +22,9 @@ from .common import sum_leading as _sum_leading
 
 NAME = "gru"
 STATE_ROWS = ("h",)
+# State rows in [-1, 1] after any step whatever the initial state (none here: h' is a convex
+# combination of h and tanh(...), so only |h'| <= max(1, |h|) holds).
+UNIT_ROWS: tuple[str, ...] = ()
 GATE_ROWS = ("z", "r", "c")
 PEEPHOLE_ROWS: tuple[str, ...] = ()
 

@@ -24,6 +24,9 @@ from .common import sum_leading as _sum_leading
 
 NAME = "lstm"
 STATE_ROWS = ("c", "h")
+# State rows in [-1, 1] after any step whatever the initial state: h' = o * tanh(c').
+# (c' = f c + (1 - f) c~ only keeps |c'| <= max(1, |c|).)
+UNIT_ROWS = ("h",)
 GATE_ROWS = ("f", "o", "c")
 PEEPHOLE_ROWS = ("f", "o")
 

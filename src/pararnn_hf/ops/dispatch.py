@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch import Tensor
 
 try:
@@ -66,12 +67,17 @@ def select_method(backend: str, u: Tensor, state_rows: int) -> str:
         return "sequential"
     if backend == "triton":
         check_triton(u.device.type)
+        if u.dtype == torch.float64:
+            raise TypeError(
+                "backend='triton' computes in float32 and would round a float64 layer silently; "
+                "use backend='torch' or 'auto' for float64"
+            )
         return "triton"
     B, T, _, N = u.shape
     if u.device.type == "cpu":
         method = "newton" if _cpu_prefers_newton(T, B * state_rows * N) else "sequential"
-    else:
-        method = "triton" if triton_usable(u.device.type) else "newton"
+    else:  # the kernels compute in float32: float64 stays on the torch solver
+        method = "triton" if triton_usable(u.device.type) and u.dtype != torch.float64 else "newton"
     key = (u.device.type, method)
     if key not in _logged:
         _logged.add(key)

@@ -35,18 +35,29 @@ class SolveInfo:
     finite: bool = True
 
 
-def state_scales(s0: Tensor) -> Tensor:
-    """``max(1, |s0|)`` per row, state row and channel, as ``[B, 1, k, N]``.
-
-    Both cells are diagonal and keep ``|s_t| <= max(1, |s_{t-1}|)`` channel by channel, so
-    this bounds every later state of that channel. Residuals are measured relative to it:
-    each element meets the tolerance it would meet alone, whatever the other rows and
-    channels hold (one large initial state elsewhere must not loosen the test)."""
-    return s0.abs().clamp_min(1.0).unsqueeze(1)
+def state_scales(cell: ModuleType, s0: Tensor, keep: Tensor | None = None) -> Tensor:
+    """The magnitude every state of a row, time, state row and channel is bounded by,
+    broadcastable to ``[B, T, k, N]``: ``max(1, |s0|)``, since both cells are diagonal and keep
+    ``|s_t| <= max(1, |s_{t-1}|)`` channel by channel; 1 from a row's first reset on (the
+    state restarts from zero) and for the rows the cell keeps in [-1, 1] after any step
+    (``cell.UNIT_ROWS``, the LSTM's h). Residuals are measured relative to
+    ``clamp(|s|, 1, bound)``: each element meets the tolerance it would meet alone, whatever
+    the other rows, channels and documents hold (one large initial state elsewhere must not
+    loosen the test), and a state that has decayed from a large start is held to the
+    absolute accuracy of an O(1) one."""
+    scale = s0.abs().clamp_min(1.0)
+    for i, name in enumerate(cell.STATE_ROWS):
+        if name in cell.UNIT_ROWS:
+            scale[:, i] = 1.0
+    scale = scale.unsqueeze(1)
+    if keep is not None:
+        after_reset = torch.cumsum((keep == 0).to(torch.int32), dim=1) > 0  # [B, T, 1, 1]
+        scale = torch.where(after_reset, torch.ones((), dtype=scale.dtype, device=scale.device), scale)
+    return scale
 
 
 def default_tolerance(dtype: torch.dtype) -> float:
-    """Max-abs residual accepted, relative to ``max(1, |s0|)`` of its own row and channel.
+    """Max-abs residual accepted, relative to ``clamp(|s|, 1, bound)`` per element (``state_scales``).
 
     A converged fp32 iterate sits a few ulps (~1e-7) from ``f`` of its predecessor; 4e-6
     leaves room for that while Newton's quadratic convergence takes a 1e-3 residual below
@@ -70,12 +81,14 @@ def newton_solve(
     B, T = u.shape[:2]
     info = SolveInfo("newton")
     s = Transition(cell, s0.unsqueeze(1).expand(B, T, *s0.shape[1:]), u, A, C, mask, keep).output()
-    scale = state_scales(s0)
+    scale = state_scales(cell, s0, keep)
     rel = None
     for it in range(max_iterations + 1):
         step = Transition(cell, shift_right(s, s0), u, A, C, mask, keep)
         r = step.output() - s
-        rel = r.abs() / scale
+        # relative to the element's own magnitude, floored at 1 and capped by its bound (so an
+        # overshooting iterate cannot loosen the test)
+        rel = r.abs() / torch.minimum(s.abs(), scale).clamp_min(1.0)
         info.residual = rel.amax().item() if rel.numel() else 0.0
         if not math.isfinite(info.residual):
             info.finite = False

@@ -69,6 +69,12 @@ def _cell_parameters(A_ptr, C_ptr, n, nmask, N, CELL: tl.constexpr):
 
 
 @triton.jit
+def _scale(s, bound):
+    """What a residual is measured against: clamp(|s|, 1, bound) (ops/newton.py state_scales)."""
+    return tl.maximum(tl.minimum(tl.abs(s), bound), 1.0)
+
+
+@triton.jit
 def _row(tile, select):
     """The row of a [CH, BN] tile where ``select`` ([CH, 1]) is true, as [BN]."""
     return tl.sum(tl.where(select, tile, 0.0), axis=0)
@@ -104,16 +110,20 @@ def newton_forward_kernel(
     nmask = n < N
     A0, A1, A2, C0, C1 = _cell_parameters(A_ptr, C_ptr, n, nmask, N, CELL)
     h_carry = tl.load(s0_ptr + b * K * N + (K - 1) * N + n, mask=nmask, other=0.0)
-    # residuals are measured relative to max(1, |s0|) of their own row and channel, which
-    # bounds every later state there: a large state elsewhere cannot loosen this test
-    inv_h = (1.0 / tl.maximum(tl.abs(h_carry), 1.0))[None, :]
+    # residuals are measured relative to clamp(|s|, 1, bound), the bound of every later state of
+    # their own row and channel (ops/newton.py state_scales): max(1, |s0|) until the row's
+    # first reset, 1 after it and for the LSTM's h, which o * tanh(c) keeps in [-1, 1]
     if CELL == 1:
+        start_bound_h = tl.full([1, BN], 1.0, tl.float32)
         c_carry = tl.load(s0_ptr + b * K * N + n, mask=nmask, other=0.0)
-        inv_c = (1.0 / tl.maximum(tl.abs(c_carry), 1.0))[None, :]
+        start_bound_c = tl.maximum(tl.abs(c_carry), 1.0)[None, :]
+    else:
+        start_bound_h = tl.maximum(tl.abs(h_carry), 1.0)[None, :]
     worst = tl.zeros([], tl.float32)
     most_iters = tl.zeros([], tl.int32)
     local = tl.arange(0, CH)
     first = (local == 0)[:, None]
+    reset_seen = tl.zeros([], tl.int32)  # from a row's first reset on, its states are in [-1, 1]
     for c0 in range(0, T, CH):
         t = c0 + local
         tmask = t < T
@@ -125,6 +135,10 @@ def newton_forward_kernel(
         s_off = s_ptr + (b * T + t.to(tl.int64))[:, None] * (K * N) + n[None, :]
         prev_off = s_off - K * N
         pmask = m2 & (local > 0)[:, None]
+        after_reset = (tl.cumsum((keep == 0.0).to(tl.int32), axis=0) + reset_seen) > 0  # [CH, 1]
+        bound_h = tl.where(after_reset, 1.0, start_bound_h)
+        if CELL == 1:
+            bound_c = tl.where(after_reset, 1.0, start_bound_c)
         # initial guess: every step from the carried-in state
         ph = keep * tl.broadcast_to(h_carry[None, :], (CH, BN))
         if CELL == 0:
@@ -148,7 +162,7 @@ def newton_forward_kernel(
             if CELL == 0:
                 fh, J = gru_step(ph, u0, u1, u2, A0, A1, A2)
                 rh = tl.where(m2, tl.where(real, fh, ph) - sh, 0.0)
-                err = tl.max(tl.max(tl.abs(rh) * inv_h, axis=1), axis=0)
+                err = tl.max(tl.max(tl.abs(rh) / _scale(sh, bound_h), axis=1), axis=0)
                 J = keep * tl.where(real, J, 1.0)
                 _, dh = tl.associative_scan((J, rh), 0, combine_diagonal)
                 go = (err > tol) & (it < MAX_ITERS)
@@ -158,8 +172,8 @@ def newton_forward_kernel(
                 fc, fh, jcc, jch, jhc, jhh = lstm_step(pc, ph, u0, u1, u2, A0, A1, A2, C0, C1)
                 rc = tl.where(m2, tl.where(real, fc, pc) - sc, 0.0)
                 rh = tl.where(m2, tl.where(real, fh, ph) - sh, 0.0)
-                err_c = tl.max(tl.max(tl.abs(rc) * inv_c, axis=1), axis=0)
-                err = tl.maximum(err_c, tl.max(tl.max(tl.abs(rh) * inv_h, axis=1), axis=0))
+                err_c = tl.max(tl.max(tl.abs(rc) / _scale(sc, bound_c), axis=1), axis=0)
+                err = tl.maximum(err_c, tl.max(tl.max(tl.abs(rh) / _scale(sh, bound_h), axis=1), axis=0))
                 jcc = keep * tl.where(real, jcc, 1.0)
                 jch = keep * tl.where(real, jch, 0.0)
                 jhc = keep * tl.where(real, jhc, 0.0)
@@ -172,6 +186,7 @@ def newton_forward_kernel(
             it += 1
         worst = tl.maximum(worst, err)
         most_iters = tl.maximum(most_iters, it - 1)
+        reset_seen += tl.sum(tl.where(tmask[:, None] & (keep == 0.0), 1, 0))
         tl.store(s_off + (K - 1) * N, sh, mask=m2)
         h_carry = _row(sh, last)
         if CELL == 1:
