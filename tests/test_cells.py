@@ -1,4 +1,4 @@
-"""Cell math against the SPEC §2 equations written out independently, and the closed-form
+"""Cell math against the docs/design.md#cells equations written out independently, and the closed-form
 Jacobians and vector-Jacobian products against autograd."""
 
 import pytest
@@ -22,7 +22,7 @@ def spec_projection(x, B, b, H):
 
 
 def spec_gru_step(h, x, A, B, b, H):
-    """SPEC §2 ParaGRU."""
+    """docs/design.md#cells ParaGRU."""
     u = spec_projection(x, B, b, H)
     z = torch.sigmoid(A[0] * h + u[:, 0])
     r = torch.sigmoid(A[1] * h + u[:, 1])
@@ -31,7 +31,7 @@ def spec_gru_step(h, x, A, B, b, H):
 
 
 def spec_lstm_step(c, h, x, A, B, b, C, H):
-    """SPEC §2 ParaLSTM (peephole on the new c)."""
+    """docs/design.md#cells ParaLSTM (peephole on the new c)."""
     u = spec_projection(x, B, b, H)
     f = torch.sigmoid(A[0] * h + C[0] * c + u[:, 0])
     c_tilde = torch.tanh(A[2] * h + u[:, 2])

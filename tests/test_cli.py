@@ -54,4 +54,4 @@ def test_generate_rejects_a_model_without_tokenizer(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert proc.returncode != 0 and "no usable tokenizer" in proc.stderr
+    assert proc.returncode != 0 and "has no tokenizer files" in proc.stderr

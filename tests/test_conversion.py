@@ -1,5 +1,5 @@
-"""Conversion: exact round trips with the reference layouts, reference cells against the SPEC
-equations, Llama upcycling, dtype and sharding, and every error case."""
+"""Conversion: exact round trips with the reference layouts, reference cells against the cell
+equations (docs/design.md#cells), Llama upcycling, dtype and sharding, and every error case."""
 
 import json
 import os
@@ -87,7 +87,7 @@ def random_reference_cell(cell, D, N, H):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_reference_cell_in_a_layer_matches_the_spec_equations(cell, tmp_path):
-    """Convert a reference cell into a model, then run its layer against SPEC §2 written out."""
+    """Convert a reference cell into a model, then run its layer against docs/design.md#cells written out."""
     model = tiny_model(cell, hidden_size=16, num_heads=4)
     model.save_pretrained(tmp_path / "base")
     cells = [random_reference_cell(cell, 16, 16, 4) for _ in range(2)]

@@ -201,7 +201,7 @@ def test_cli_train_then_fine_tune(tmp_path, corpus_dir, capsys):
         json.loads((tuned / "train_summary.json").read_text())["parameters"]
         == json.loads((first / "train_summary.json").read_text())["parameters"]
     )
-    with pytest.raises(SystemExit, match="already holds a model"):
+    with pytest.raises(SystemExit, match="already holds a finished model"):
         main(["train", "--model", str(first), "--max_steps", "1", "--output_dir", str(tuned), *common])
     assert (
         main(["train", "--model", str(first), "--max_steps", "1", "--output_dir", str(tuned), "--overwrite", *common])
@@ -333,4 +333,4 @@ def test_demo_runs_end_to_end(tmp_path):
         text=True,
         env=env,
     )
-    assert again.returncode != 0 and "already holds a model" in again.stderr
+    assert again.returncode != 0 and "already holds a finished model" in again.stderr

@@ -1,6 +1,6 @@
 """``ParaGRU`` and ``ParaLSTM``: the recurrent layers, as ``torch.nn.Module``s.
 
-Parameters are named and laid out as in the reference code (SPEC §2): ``A`` [3, N],
+Parameters are named and laid out as in the reference code (docs/design.md#cells): ``A`` [3, N],
 ``B`` [H, D_in/H, 3, N/H], ``b`` [3, N] and, for the LSTM, ``C`` [2, N]. The input
 projection ``u = B·x + b`` is a block-diagonal (per-head) matmul done with ordinary torch ops,
 so autograd turns ``dL/du`` from the solver into ``dL/dB``, ``dL/db`` and ``dL/dx``.
@@ -131,7 +131,7 @@ class ParaRNNLayer(nn.Module):
 
     # ----------------------------------------------------------------------------- init
     def reset_parameters(self, init: Any = None) -> None:
-        """Reference initialisation (SPEC §2), each part overridable in the constructor.
+        """Reference initialisation (docs/design.md#cells), each part overridable in the constructor.
 
         ``init`` provides ``normal_``, ``uniform_`` and ``copy_`` (default: plain torch);
         the Hugging Face models pass ``transformers.initialization`` so that weights loaded
@@ -361,12 +361,12 @@ class ParaRNNLayer(nn.Module):
 
 
 class ParaGRU(ParaRNNLayer):
-    """ParaGRU layer (SPEC §2): diagonal recurrence, state h, gate rows (z, r, c)."""
+    """ParaGRU layer (docs/design.md#cells): diagonal recurrence, state h, gate rows (z, r, c)."""
 
     cell = gru
 
 
 class ParaLSTM(ParaRNNLayer):
-    """ParaLSTM layer (SPEC §2): coupled input/forget gate with peepholes, state (c, h)."""
+    """ParaLSTM layer (docs/design.md#cells): coupled input/forget gate with peepholes, state (c, h)."""
 
     cell = lstm

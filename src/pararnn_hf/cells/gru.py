@@ -1,4 +1,4 @@
-"""ParaGRU cell math (SPEC §2, §3).
+"""ParaGRU cell math (docs/design.md#cells).
 
 State layout: ``[..., 1, N]`` (the single row is h). Gate rows of ``u`` and ``A``: (z, r, c).
 

@@ -1,4 +1,4 @@
-"""ParaLSTM cell math (SPEC §2, §3): coupled input/forget gate with peepholes.
+"""ParaLSTM cell math (docs/design.md#cells): coupled input/forget gate with peepholes.
 
 State layout: ``[..., 2, N]`` with rows (c, h). Gate rows of ``u`` and ``A``: (f, o, c);
 peephole rows of ``C``: (f, o).

@@ -1,5 +1,5 @@
 """Conversions between reference ParaRNN checkpoints, Hugging Face folders and Llama-style
-models (SPEC §7). Every function writes its output folder atomically."""
+models (docs/design.md#conversion). Every function writes its output folder atomically."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The reference ParaRNN layouts and their mapping to this package's Hugging Face names.
 
 Cell state dicts: ``A`` [3, N], ``B`` [H, D/H, 3, N/H], ``b`` [3, N] and, for ParaLSTM, ``C``
-[2, N] (SPEC §2). ``A`` and ``C`` may also come as stacks of diagonal matrices [r, N, N].
+[2, N] (docs/design.md#cells). ``A`` and ``C`` may also come as stacks of diagonal matrices [r, N, N].
 
 The LM training layout: ``blocks.{2k}`` is layer k's mixer (``norm``, ``in_proj``,
 ``conv.conv``, ``rnn_cell.*``, ``gate_norm``, ``out_proj``), ``blocks.{2k+1}`` its MLP (``0`` the

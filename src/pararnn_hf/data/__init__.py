@@ -1,4 +1,4 @@
-"""Corpora, tokenizer and packing for training (SPEC §8)."""
+"""Corpora, tokenizer and packing for training (docs/design.md#data)."""
 
 from .corpus import Corpus, builtin_corpus, hf_corpus, load_corpus, local_corpus
 from .packing import PackedDataset, tokenize_documents

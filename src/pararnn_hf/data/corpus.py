@@ -1,4 +1,4 @@
-"""Text corpora as lists of documents (SPEC §8).
+"""Text corpora as lists of documents (docs/design.md#data).
 
 - ``builtin``: the source of the running Python's standard library (about 13 MB of real text on
   every machine that runs Python), one document per module; tests and site-packages are

@@ -1,4 +1,4 @@
-"""ParaRNN model configuration (SPEC §5).
+"""ParaRNN model configuration (docs/design.md#model).
 
 Self-contained (imports only transformers): it is copied verbatim into saved model folders
 so that ``trust_remote_code=True`` loading works without ``pararnn_hf`` installed.

@@ -1,4 +1,4 @@
-"""ParaRNN language models for Hugging Face Transformers (SPEC §5, §6).
+"""ParaRNN language models for Hugging Face Transformers (docs/design.md#model, #cache).
 
 This file is copied verbatim into saved model folders (with ``configuration_pararnn.py`` and
 a self-contained ``pararnn_core.py``), so it imports only torch, transformers and its two
@@ -44,7 +44,7 @@ class ParaRNNCache:
     the cell state (h, or (c, h)) in fp32. O(1) in the context length.
 
     Not a ``transformers.Cache``: those are key/value caches, and the stock "linear attention"
-    route drops or mishandles recurrent state on some 5.x releases (SPEC §6).
+    route drops or mishandles recurrent state on some 5.x releases (docs/design.md#cache).
     """
 
     is_compileable = False  # its state tensors are replaced, not updated in place

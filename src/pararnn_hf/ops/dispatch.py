@@ -1,4 +1,4 @@
-"""Backend choice (SPEC §4): which solver runs a layer's forward for given tensors.
+"""Backend choice (docs/design.md#backends): which solver runs a layer's forward for given tensors.
 
 - ``torch``: parallel Newton + parallel adjoint scan, pure PyTorch, CPU and GPU.
 - ``sequential``: the step loop forward (exact), same adjoint-scan backward.

@@ -1,4 +1,4 @@
-"""Parallel Newton solve of the whole sequence (SPEC §3).
+"""Parallel Newton solve of the whole sequence (docs/design.md#newton).
 
 The T equations ``s_t = f(s_{t-1}, u_t)`` are one nonlinear system. With the residual
 ``r_t = f(s_{t-1}, u_t) - s_t`` and ``J_t = df/ds_{t-1}`` at the current iterate, a Newton

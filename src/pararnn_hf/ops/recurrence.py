@@ -1,5 +1,5 @@
 """The differentiable recurrence: a forward solve (parallel Newton or the loop) and ONE
-reverse adjoint scan for the backward (SPEC §3), so no autograd graph is built over T steps.
+reverse adjoint scan for the backward (docs/design.md#backward), so no autograd graph is built over T steps.
 
 Backward, with ``g_t = dL/ds_t``:
 

@@ -1,4 +1,4 @@
-"""One transition of the recurrence with padding and document resets (SPEC §2).
+"""One transition of the recurrence with padding and document resets (docs/design.md#masks).
 
 With ``keep_t = 1 - reset_t`` and ``m_t`` the attention mask, the step actually solved is
 

@@ -1,5 +1,5 @@
 """The per-cell pieces of the Triton kernels: one step with its Jacobian, and its
-vector-Jacobian product. They mirror ``pararnn_hf.cells.gru`` / ``lstm`` (SPEC §2-§3) on
+vector-Jacobian product. They mirror ``pararnn_hf.cells.gru`` / ``lstm`` (docs/design.md#cells) on
 register tiles; the shared skeleton in ``kernels.py`` calls them.
 
 State rows are separate tiles (GRU: h; LSTM: c, h); a 2x2 LSTM Jacobian is four tiles

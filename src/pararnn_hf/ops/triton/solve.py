@@ -1,4 +1,4 @@
-"""Host side of the Triton backend: launches the kernels and keeps the SPEC §3 convergence
+"""Host side of the Triton backend: launches the kernels and keeps the docs/design.md#newton convergence
 rule (measure the residual, fall back to the exact loop and say so when Newton did not
 converge). The torch backend is the reference these are tested against."""
 
