@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from pararnn_hf import ParaGRU, ParaLSTM
 from pararnn_hf.ops.sequential import sequential_solve
+
+LAYERS = {"gru": ParaGRU, "lstm": ParaLSTM}
+
+
+def state_rows(state) -> tuple:
+    """A layer's public state as a tuple: (h,) for the GRU, (c, h) for the LSTM."""
+    return (state,) if isinstance(state, torch.Tensor) else tuple(state)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -55,3 +55,19 @@ def test_generate_rejects_a_model_without_tokenizer(tmp_path):
         text=True,
     )
     assert proc.returncode != 0 and "has no tokenizer files" in proc.stderr
+
+
+def test_demo_flags_reach_the_demo(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("pararnn_hf.training.demo.run_demo", lambda **kw: seen.update(kw))
+    assert main(["demo", "--eval-limit", "3", "--steps", "2", "--cell", "lstm"]) == 0
+    assert seen["eval_limit"] == 3 and seen["steps"] == 2 and seen["cell"] == "lstm"
+
+
+def test_eval_offers_every_backend():
+    from pararnn_hf import BACKENDS
+    from pararnn_hf.cli import build_parser
+
+    for backend in BACKENDS:
+        args = build_parser().parse_args(["eval", "--model", "m", "--solver-backend", backend])
+        assert args.solver_backend == backend

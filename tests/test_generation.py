@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TextStreamer, pipeline
 
-from helpers import rel_err, tiny_model, tiny_tokenizer
+from helpers import rel_err, state_rows, tiny_model, tiny_tokenizer
 from pararnn_hf import ParaRNNCache
 from pararnn_hf.modeling.modeling_pararnn import CACHE_FIELD as CACHE_KW  # "cache" (>= 5.24) or "past_key_values"
 
@@ -114,7 +114,7 @@ def test_chunked_prefill_equals_one_shot(cell, dtype, tol):
     chunked = model(prompt, use_cache=True)
     assert rel_err(chunked.logits, one_shot.logits) < tol
     for a, b in zip(cache_of(chunked).rnn_states, cache_of(one_shot).rnn_states):
-        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+        for x, y in zip(state_rows(a), state_rows(b)):
             assert rel_err(x, y) < tol
     chunked_gen = model.generate(prompt, max_new_tokens=6, do_sample=False)
     model.config.recurrent_prefill_chunk_size = None

@@ -5,14 +5,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from helpers import reference_forward, rel_err
-from pararnn_hf import ParaGRU, ParaLSTM
-
-LAYERS = {"gru": ParaGRU, "lstm": ParaLSTM}
-
-
-def _as_tuple(state):
-    return (state,) if isinstance(state, torch.Tensor) else tuple(state)
+from helpers import LAYERS, reference_forward, rel_err, state_rows
+from pararnn_hf import ParaLSTM
 
 
 @pytest.mark.parametrize("name", ["gru", "lstm"])
@@ -47,7 +41,7 @@ def test_gradcheck_every_input(name, backend, with_mask):
             (x,),
             {"initial_state": init, "mask": mask, "resets": resets, "return_state": True},
         )
-        return (y, *_as_tuple(final))
+        return (y, *state_rows(final))
 
     assert torch.autograd.gradcheck(fn, (x, *params, *state), atol=1e-8, rtol=1e-6)
 
@@ -65,14 +59,14 @@ def test_float32_gradients_match_float64_loop_autograd_T1000(name, backend):
     ref = LAYERS[name](32, 48, num_heads=2, dtype=torch.float64)
     ref.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})
     x64 = x.detach().double().requires_grad_()
-    init64 = tuple(t.detach().double().requires_grad_() for t in _as_tuple(init))
+    init64 = tuple(t.detach().double().requires_grad_() for t in state_rows(init))
     y64, _ = reference_forward(ref, x64, init64[0] if name == "gru" else init64)
     (y64 * w.double()).sum().backward()
 
     assert rel_err(x.grad, x64.grad) < 1e-5
     for (n, p), (_, p64) in zip(layer.named_parameters(), ref.named_parameters()):
         assert rel_err(p.grad, p64.grad) < 1e-5, n
-    for t, t64 in zip(_as_tuple(init), init64):
+    for t, t64 in zip(state_rows(init), init64):
         assert rel_err(t.grad, t64.grad) < 1e-5
 
 

@@ -12,10 +12,8 @@ import warnings
 import pytest
 import torch
 
-from helpers import reference_forward, rel_err
-from pararnn_hf import ParaGRU, ParaLSTM, ParaRNNConvergenceWarning
-
-LAYERS = {"gru": ParaGRU, "lstm": ParaLSTM}
+from helpers import LAYERS, reference_forward, rel_err, state_rows
+from pararnn_hf import ParaRNNConvergenceWarning
 
 CASES = [
     # (T, batch, input, state, heads)
@@ -82,8 +80,8 @@ def test_left_padded_row_equals_unpadded(name, backend):
     y_alone, state_alone = layer(x[1:, pad:], return_state=True)
     assert rel_err(y[1, pad:], y_alone[0]) < 1e-12
     assert torch.all(y[1, :pad] == 0)  # identity steps from the zero state
-    finals = (state,) if name == "gru" else state
-    alones = (state_alone,) if name == "gru" else state_alone
+    finals = state_rows(state)
+    alones = state_rows(state_alone)
     for f, a in zip(finals, alones):
         assert rel_err(f[1], a[0]) < 1e-12
     # the unpadded row is unaffected by the other row's mask
@@ -98,8 +96,8 @@ def test_right_padding_carries_the_last_real_state(name):
     mask[:, 15:] = 0
     y, state = layer(x, mask=mask, return_state=True)
     _, state_short = layer(x[:, :15], return_state=True)
-    finals = (state,) if name == "gru" else state
-    shorts = (state_short,) if name == "gru" else state_short
+    finals = state_rows(state)
+    shorts = state_rows(state_short)
     for f, s in zip(finals, shorts):
         assert rel_err(f, s) < 1e-13
     assert torch.equal(y[:, 15:], y[:, 14:15].expand(1, 5, 8))

@@ -15,12 +15,11 @@ import warnings
 import pytest
 import torch
 
-from helpers import rel_err, tiny_model
-from pararnn_hf import ParaGRU, ParaLSTM, ParaRNNConvergenceWarning
+from helpers import LAYERS, rel_err, state_rows, tiny_model
+from pararnn_hf import ParaGRU, ParaRNNConvergenceWarning
 from pararnn_hf.ops.triton import interpreter_enabled
 from pararnn_hf.ops.triton import solve as triton_solve
 
-LAYERS = {"gru": ParaGRU, "lstm": ParaLSTM}
 TOL = 2e-6
 # On a GPU machine run with TRITON_INTERPRET=0 to compile the kernels for CUDA instead.
 DEVICE = "cuda" if torch.cuda.is_available() and not interpreter_enabled() else "cpu"
@@ -45,7 +44,7 @@ def run_both(layer, x, init, mask, resets):
         y, state = layer(
             xb, initial_state=initb[0] if len(initb) == 1 else initb, mask=mask, resets=resets, return_state=True
         )
-        final = (state,) if isinstance(state, torch.Tensor) else state
+        final = state_rows(state)
         w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
         loss = (y * w).sum() + sum((f * (i + 2)).sum() for i, f in enumerate(final))
         loss.backward()
@@ -159,7 +158,7 @@ def test_decode_step_kernel_matches_torch_step(name):
         layer.backend = "triton"
         y, s = layer.step(x, state)
     assert rel_err(y, y_ref) < TOL
-    for a, b in zip((s,) if name == "gru" else s, (s_ref,) if name == "gru" else s_ref):
+    for a, b in zip(state_rows(s), state_rows(s_ref)):
         assert rel_err(a, b) < TOL
 
 
@@ -223,3 +222,38 @@ def test_float64_layers_are_not_rounded_through_the_float32_kernels():
     layer.backend = "auto"
     layer(torch.randn(1, 3, 4, dtype=torch.float64, device=DEVICE))
     assert layer.last_solve_info.method != "triton"
+
+
+def test_each_kernel_has_a_reference_with_the_same_signature():
+    """Fast path and reference are interchangeable: same names, same argument order."""
+    import inspect
+
+    from pararnn_hf.ops.newton import newton_forward
+    from pararnn_hf.ops.recurrence import adjoint_backward, decode_step
+
+    pairs = [
+        (newton_forward, triton_solve.triton_newton_forward),
+        (adjoint_backward, triton_solve.triton_adjoint_backward),
+        (decode_step, triton_solve.triton_decode_step),
+    ]
+    for reference, kernel in pairs:
+        assert list(inspect.signature(reference).parameters) == list(inspect.signature(kernel).parameters)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_adjoint_backward_pair_agrees(name):
+    from pararnn_hf.ops.recurrence import adjoint_backward
+
+    layer = LAYERS[name](8, 12, num_heads=2, init_recurrent_std=0.4).to(DEVICE)
+    with torch.no_grad():
+        u = layer.project(torch.randn(2, 21, 8, device=DEVICE))
+        s0 = 0.3 * torch.randn(2, layer.state_rows, 12, device=DEVICE)
+        keep = (torch.rand(2, 21, 1, 1, device=DEVICE) > 0.2).float()
+        C = layer.C
+        s, _ = triton_solve.triton_newton_forward(layer.cell, u, layer.A, C, s0, None, keep, 8, None)
+        g = torch.randn_like(s)
+        ref = adjoint_backward(layer.cell, u, layer.A, C, s0, s, None, keep, g)
+        fast = triton_solve.triton_adjoint_backward(layer.cell, u, layer.A, C, s0, s, None, keep, g)
+    for a, b in zip(fast, ref):
+        if b is not None:
+            assert rel_err(a, b) < TOL

@@ -33,6 +33,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# What the package raises for bad input: files and folders (OSError), arguments and values
+# (ValueError, with ConversionError, CardError and UnsafeOutputError; TypeError), NaN/Inf.
+USER_ERRORS = (OSError, ValueError, TypeError, ArithmeticError)
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -132,10 +136,7 @@ def cmd_train(argv: list[str]) -> int:
 
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="pararnn-hf train")
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    try:
-        summary = run_training(model_args, data_args, training_args)
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"pararnn-hf train: {err}") from None
+    summary = run_training(model_args, data_args, training_args)
     if summary.get("is_main_process", True):  # one line per run, not one per process
         print(
             f"saved to {summary['output_dir']}; eval loss {summary['eval_loss']:.4f}, "
@@ -147,66 +148,61 @@ def cmd_train(argv: list[str]) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .training.demo import run_demo
 
-    try:
-        run_demo(
-            cell=args.cell,
-            steps=args.steps,
-            output=args.output,
-            seq_len=args.seq_len,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            prompt=args.prompt,
-            max_new_tokens=args.max_new_tokens,
-            overwrite=args.overwrite,
-            seed=args.seed,
-            data=args.data,
-            max_eval_sequences=args.max_eval_sequences,
-        )
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"pararnn-hf demo: {err}") from None
+    run_demo(
+        cell=args.cell,
+        steps=args.steps,
+        output=args.output,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        data=args.data,
+        max_eval_sequences=args.max_eval_sequences,
+        eval_limit=args.eval_limit,
+    )
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .conversion import ConversionError, from_llama, from_reference, to_reference
+    from .conversion import from_llama, from_reference, to_reference
 
     common = dict(overwrite=args.overwrite, show_progress=not args.no_progress)
-    try:
-        if args.direction == "from-reference":
-            report = from_reference(
-                args.out,
-                cells=args.cells,
-                lm=args.lm,
-                config=args.config,
-                base=args.base,
-                tokenizer=args.tokenizer,
-                dtype=args.dtype,
-                max_shard_size=args.max_shard_size,
-                seed=args.seed,
-                **common,
-            )
-            print(f"wrote {report['out']}; {report['rest']}; tokenizer files: {report['tokenizer'] or 'none'}")
-        elif args.direction == "to-reference":
-            index = to_reference(args.model, args.out, dtype=args.dtype, fmt=args.format, **common)
-            print(f"wrote {args.out}: {index['lm']} (LM layout), {len(index['cells'])} cell files, index.json")
-        else:
-            report = from_llama(
-                args.model,
-                args.out,
-                cell=args.cell,
-                num_heads=args.num_heads,
-                dtype=args.dtype,
-                max_shard_size=args.max_shard_size,
-                seed=args.seed,
-                **common,
-            )
-            print(
-                f"wrote {report['out']}: {report['layers']} layers, attention replaced by fresh Para"
-                f"{args.cell.upper()} mixers ({report['num_heads']} heads); tokenizer files: "
-                f"{report['tokenizer'] or 'none'}"
-            )
-    except (ConversionError, FileExistsError, FileNotFoundError, ValueError, OSError) as err:
-        raise SystemExit(f"pararnn-hf convert: {err}") from None
+    if args.direction == "from-reference":
+        report = from_reference(
+            args.out,
+            cells=args.cells,
+            lm=args.lm,
+            config=args.config,
+            base=args.base,
+            tokenizer=args.tokenizer,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            seed=args.seed,
+            **common,
+        )
+        print(f"wrote {report['out']}; {report['rest']}; tokenizer files: {report['tokenizer'] or 'none'}")
+    elif args.direction == "to-reference":
+        index = to_reference(args.model, args.out, dtype=args.dtype, fmt=args.format, **common)
+        print(f"wrote {args.out}: {index['lm']} (LM layout), {len(index['cells'])} cell files, index.json")
+    else:
+        report = from_llama(
+            args.model,
+            args.out,
+            cell=args.cell,
+            num_heads=args.num_heads,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            seed=args.seed,
+            **common,
+        )
+        print(
+            f"wrote {report['out']}: {report['layers']} layers, attention replaced by fresh Para"
+            f"{args.cell.upper()} mixers ({report['num_heads']} heads); tokenizer files: "
+            f"{report['tokenizer'] or 'none'}"
+        )
     return 0
 
 
@@ -222,21 +218,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.prefill_chunk_size:
         model_args["prefill_chunk_size"] = args.prefill_chunk_size
     output = args.output or str(Path(args.model) / "eval_results.json")
-    try:
-        summary = run_eval(
-            args.model,
-            [t for t in args.tasks.split(",") if t],
-            output=output,
-            include_path=args.include_path,
-            batch_size=args.batch_size,
-            limit=args.limit,
-            num_fewshot=args.num_fewshot,
-            device=args.device,
-            model_args=model_args,
-            log_samples=args.log_samples,
-        )
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"pararnn-hf eval: {err}") from None
+    summary = run_eval(
+        args.model,
+        [t for t in args.tasks.split(",") if t],
+        output=output,
+        include_path=args.include_path,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
+        device=args.device,
+        model_args=model_args,
+        log_samples=args.log_samples,
+    )
     from lm_eval.utils import make_table
 
     print(
@@ -254,20 +247,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_card(args: argparse.Namespace) -> int:
-    from .model_cards import CardError, write_card
+    from .model_cards import write_card
 
-    try:
-        path = write_card(
-            args.model,
-            args.results,
-            overwrite=args.overwrite,
-            license=args.license,
-            model_name=args.name,
-            repo_id=args.repo_id,
-            datasets=args.datasets,
-        )
-    except (CardError, FileExistsError, FileNotFoundError) as err:
-        raise SystemExit(f"pararnn-hf card: {err}") from None
+    path = write_card(
+        args.model,
+        args.results,
+        overwrite=args.overwrite,
+        license=args.license,
+        model_name=args.name,
+        repo_id=args.repo_id,
+        datasets=args.datasets,
+    )
     print(f"wrote {path}")
     return 0
 
@@ -332,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-fewshot", type=int, default=None)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--output", default=None, help="results JSON (default: MODEL/eval_results.json)")
-    ev.add_argument("--solver-backend", default=None, choices=["auto", "torch", "sequential"])
+    ev.add_argument("--solver-backend", default=None, choices=["auto", "torch", "sequential", "triton"])
     ev.add_argument("--prefill-chunk-size", type=int, default=None)
     ev.add_argument("--log-samples", action="store_true")
     ev.set_defaults(func=cmd_eval)
@@ -370,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     tune_cpu_allocator()
     command = argv[0] if argv else ""
+    # Every failure ends in one line, `pararnn-hf <command>: <what is wrong>`: the errors the
+    # package raises for bad input (files, folders, arguments, values) as they are worded, and
+    # anything unanticipated with its type; PARARNN_HF_DEBUG=1 shows the traceback instead.
     try:
         if command == "train":
             return cmd_train(argv[1:])
@@ -377,9 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (SystemExit, KeyboardInterrupt):
         raise
+    except USER_ERRORS as err:
+        if os.environ.get("PARARNN_HF_DEBUG"):
+            raise
+        raise SystemExit(f"pararnn-hf {command}: {' '.join(str(err).split())}") from None
     except Exception as err:
-        # Anything the commands did not anticipate still ends in one line, not a traceback;
-        # PARARNN_HF_DEBUG=1 shows the traceback for a bug report.
         if os.environ.get("PARARNN_HF_DEBUG"):
             raise
         raise SystemExit(f"pararnn-hf {command}: {_one_line(err)}") from None

@@ -17,10 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from .cells import gru, lstm
-from .ops.dispatch import check_backend, check_triton, select_method, triton_usable
+from .ops.dispatch import check_backend, compute_dtype, select_method, select_step_method, solver_input
 from .ops.newton import SolveInfo
-from .ops.recurrence import solve
-from .ops.transition import Transition
+from .ops.recurrence import decode_step, solve
 
 State = Tensor | tuple[Tensor, Tensor]
 
@@ -172,11 +171,6 @@ class ParaRNNLayer(nn.Module):
         u = torch.einsum("...hi,higj->...ghj", xh, self.B).flatten(-2)
         return u + self.b
 
-    def _compute_dtype(self, x: Tensor) -> torch.dtype:
-        # Recurrence math is fp32 for half-precision inputs: the state is carried over
-        # thousands of steps and bf16 rounding would accumulate.
-        return torch.float64 if x.dtype == torch.float64 else torch.float32
-
     def _check_input(self, x: Tensor, expected_rank: int, what: str) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"{self._label}: {what} must be a torch.Tensor, got {type(x).__name__}")
@@ -282,7 +276,7 @@ class ParaRNNLayer(nn.Module):
         """
         self._check_input(x, 3, "x")
         batch, time = x.shape[:2]
-        dtype = self._compute_dtype(x)
+        dtype = compute_dtype(x.dtype)
         s0 = self._state_tensor(initial_state, batch, x, dtype)
         m = self._step_mask(mask, "mask", batch, time)
         r = self._step_mask(resets, "resets", batch, time)
@@ -295,8 +289,7 @@ class ParaRNNLayer(nn.Module):
         u = self.project(x)
         self._check_finite(x, s0, u)
         method = select_method(self.backend, u, self.state_rows)
-        if method != "triton":  # the kernels read bf16/fp16 u as is and compute in fp32
-            u = u.to(dtype)
+        u = solver_input(u, method)
         A = self.A.to(dtype)
         C = None if self.C is None else self.C.to(dtype)
         s, info = solve(self.cell, u, A, C, s0, m, keep, method, self.newton_max_iterations, self.newton_tolerance)
@@ -318,16 +311,17 @@ class ParaRNNLayer(nn.Module):
     def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """One O(1) recurrence step for decoding: ``x_t`` [batch, input_size] -> ``(y_t, new_state)``."""
         self._check_input(x_t, 2, "x_t")
-        dtype = self._compute_dtype(x_t)
+        dtype = compute_dtype(x_t.dtype)
         s0 = self._state_tensor(state, x_t.shape[0], x_t, dtype)
         u = self.project(x_t).to(dtype)
         C = None if self.C is None else self.C.to(dtype)
-        if self._fused_step(u):
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if select_step_method(self.backend, u, needs_grad) == "triton":
             from .ops.triton.solve import triton_decode_step
 
-            s = triton_decode_step(self.cell, s0, u, self.A, self.C)
+            s = triton_decode_step(self.cell, u, self.A, self.C, s0)
         else:
-            s = Transition(self.cell, s0, u, self.A.to(dtype), C).output()
+            s = decode_step(self.cell, u, self.A.to(dtype), C, s0)
         # No host sync per token: the finiteness of what the step read and wrote is folded
         # into a device flag that check_steps() (called once per generate()) reads.
         ok = torch.isfinite(u).all() & torch.isfinite(s).all()
@@ -349,15 +343,6 @@ class ParaRNNLayer(nn.Module):
             raise FloatingPointError(
                 f"{self._label}: a decoding step read or produced NaN/Inf (input, state or projection)"
             )
-
-    def _fused_step(self, u: Tensor) -> bool:
-        """The one-launch decode kernel: inference only (it has no backward), fp32 state."""
-        if u.dtype != torch.float32 or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
-            return False
-        if self.backend == "triton":
-            check_triton(u.device.type)
-            return True
-        return self.backend == "auto" and u.device.type == "cuda" and triton_usable("cuda")
 
 
 class ParaGRU(ParaRNNLayer):

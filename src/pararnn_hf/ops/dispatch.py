@@ -1,4 +1,7 @@
-"""Backend choice (docs/design.md#backends): which solver runs a layer's forward for given tensors.
+"""Backend choice (docs/design.md#backends): every backend question is answered here — which
+solver runs a layer's forward (``select_method``), which runs a decoding step
+(``select_step_method``), and in which dtype the solver computes and reads ``u``
+(``compute_dtype``, ``solver_input``).
 
 - ``torch``: parallel Newton + parallel adjoint scan, pure PyTorch, CPU and GPU.
 - ``sequential``: the step loop forward (exact), same adjoint-scan backward.
@@ -83,3 +86,29 @@ def select_method(backend: str, u: Tensor, state_rows: int) -> str:
         _logged.add(key)
         logger.info("pararnn_hf: backend 'auto' uses the %s solver on %s", method, u.device.type)
     return method
+
+
+def compute_dtype(x_dtype: torch.dtype) -> torch.dtype:
+    """The recurrence's dtype: fp64 for fp64, else fp32. The state is carried over thousands
+    of steps, where bf16/fp16 rounding would accumulate."""
+    return torch.float64 if x_dtype == torch.float64 else torch.float32
+
+
+def solver_input(u: Tensor, method: str) -> Tensor:
+    """``u`` as the chosen solver reads it: the kernels read bf16/fp16 ``u`` as is (and
+    compute in fp32); the torch solvers get it in the compute dtype."""
+    return u if method == "triton" else u.to(compute_dtype(u.dtype))
+
+
+def select_step_method(backend: str, u: Tensor, needs_grad: bool) -> str:
+    """The decoding-step method, ``"triton"`` (the one-launch kernel) or ``"torch"``, for ``u``
+    ``[B, G, N]`` in the compute dtype. The kernel has no backward and computes in fp32, so
+    it serves inference of fp32-state layers only."""
+    if u.dtype != torch.float32 or needs_grad:
+        return "torch"
+    if backend == "triton":
+        check_triton(u.device.type)
+        return "triton"
+    if backend == "auto" and u.device.type == "cuda" and triton_usable("cuda"):
+        return "triton"
+    return "torch"

@@ -66,7 +66,7 @@ def default_tolerance(dtype: torch.dtype) -> float:
     return 1e-11 if dtype == torch.float64 else 4e-6
 
 
-def newton_solve(
+def newton_forward(
     cell: ModuleType,
     u: Tensor,
     A: Tensor,

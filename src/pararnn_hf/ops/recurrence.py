@@ -16,12 +16,38 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from .newton import SolveInfo, newton_solve
+from .newton import SolveInfo, newton_forward
 from .scan import adjoint_scan
 from .sequential import sequential_solve
 from .transition import Transition, shift_right
 
 METHODS = ("newton", "sequential", "triton")
+
+
+def decode_step(cell: ModuleType, u: Tensor, A: Tensor, C: Tensor | None, s0: Tensor) -> Tensor:
+    """One step for every row: ``u`` [B, G, N] and ``s0`` [B, k, N] -> the new state [B, k, N].
+    The reference of ``triton_decode_step`` (same signature)."""
+    return Transition(cell, s0, u, A, C).output()
+
+
+def adjoint_backward(
+    cell: ModuleType,
+    u: Tensor,
+    A: Tensor,
+    C: Tensor | None,
+    s0: Tensor,
+    s: Tensor,
+    mask: Tensor | None,
+    keep: Tensor | None,
+    grad_s: Tensor,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """``dL/du, dL/dA, dL/dC, dL/ds0`` from ``grad_s = dL/ds`` at the solution ``s``: one reverse
+    adjoint scan, then every step's VJP in closed form (docs/design.md#backward). The
+    reference of ``triton_adjoint_backward`` (same signature)."""
+    step = Transition(cell, shift_right(s, s0), u, A, C, mask, keep)
+    lam = adjoint_scan(step.jacobian(), grad_s)
+    du, dA, dC, d_prev = step.vjp(lam)
+    return du, dA, dC, d_prev[:, 0]
 
 
 def solve(
@@ -42,6 +68,8 @@ def solve(
     """
     if method not in METHODS:
         raise ValueError(f"unknown solve method {method!r}; expected one of {METHODS}")
+    # autograd.Function.apply passes tensors through; the solve's report (a plain object)
+    # comes back through this list, which forward appends to.
     info_box: list[SolveInfo] = []
     s = _Recurrence.apply(cell, method, max_iterations, tolerance, info_box, u, A, C, s0, mask, keep)
     return s, info_box[0]
@@ -53,7 +81,7 @@ def forward_solve(cell, u, A, C, s0, mask, keep, method, max_iterations, toleran
 
         return triton_newton_forward(cell, u, A, C, s0, mask, keep, max_iterations, tolerance)
     if method == "newton":
-        return newton_solve(cell, u, A, C, s0, mask, keep, max_iterations, tolerance)
+        return newton_forward(cell, u, A, C, s0, mask, keep, max_iterations, tolerance)
     s = sequential_solve(cell, u, A, C, s0, mask, keep)
     finite = bool(torch.isfinite(s).all()) if s.numel() else True
     return s, SolveInfo("sequential", finite=finite)
@@ -71,12 +99,8 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_s):
         u, A, C, s0, s, mask, keep = ctx.saved_tensors
+        backward = adjoint_backward
         if ctx.method == "triton":
-            from .triton.solve import triton_adjoint_backward
-
-            du, dA, dC, ds0 = triton_adjoint_backward(ctx.cell, u, A, C, s0, s, mask, keep, grad_s)
-            return None, None, None, None, None, du, dA, dC, ds0, None, None
-        step = Transition(ctx.cell, shift_right(s, s0), u, A, C, mask, keep)
-        lam = adjoint_scan(step.jacobian(), grad_s)
-        du, dA, dC, d_prev = step.vjp(lam)
-        return None, None, None, None, None, du, dA, dC, d_prev[:, 0], None, None
+            from .triton.solve import triton_adjoint_backward as backward
+        du, dA, dC, ds0 = backward(ctx.cell, u, A, C, s0, s, mask, keep, grad_s)
+        return None, None, None, None, None, du, dA, dC, ds0, None, None

@@ -136,8 +136,9 @@ def triton_adjoint_backward(
     return du.to(u.dtype), dA.sum(0).to(A.dtype), (dC.sum(0).to(C.dtype) if C is not None else None), ds0
 
 
-def triton_decode_step(cell: ModuleType, s0: Tensor, u: Tensor, A: Tensor, C: Tensor | None) -> Tensor:
-    """One step for every row: ``s0`` [B, K, N] fp32, ``u`` [B, 3, N] -> new state [B, K, N]."""
+def triton_decode_step(cell: ModuleType, u: Tensor, A: Tensor, C: Tensor | None, s0: Tensor) -> Tensor:
+    """One step for every row: ``u`` [B, 3, N] and ``s0`` [B, K, N] fp32 -> the new state
+    [B, K, N]. The fused version of ``ops.recurrence.decode_step`` (same signature)."""
     B, K, N = s0.shape
     A32 = A.float().contiguous()
     out = _new((B, K, N), u)
