@@ -113,9 +113,9 @@ class ParaRNNLayer(nn.Module):
         self.layer_name: str | None = None  # set by owning models for error messages
         self.last_solve_info: SolveInfo | None = None
         self._warned_convergence = False
-        # step() checks finiteness on the device; True makes every step() raise at once (a sync)
+        # check_steps() reads the latest step() state; True makes every step() check (a sync)
         self.check_every_step = False
-        self._steps_finite: Tensor | None = None
+        self._last_step_state: Tensor | None = None
 
         factory = {"device": device, "dtype": dtype}
         G, H, N = len(self.cell.GATE_ROWS), num_heads, state_size
@@ -233,8 +233,16 @@ class ParaRNNLayer(nn.Module):
             m = check_resets(m, self._label)
         return (m != 0).view(batch, time, 1, 1)
 
-    def _raise_non_finite(self, x: Tensor, s0: Tensor | None, u: Tensor | None = None, what: str = "input x") -> None:
-        named = [(what, x)] + ([] if s0 is None else [("initial_state", s0)])
+    def _raise_non_finite(
+        self,
+        x: Tensor | None,
+        s0: Tensor | None,
+        u: Tensor | None = None,
+        what: str = "input x",
+        otherwise: str = "the recurrent state became NaN/Inf although inputs and parameters are finite",
+    ) -> None:
+        """Name the first non-finite culprit among the input, initial state and parameters."""
+        named = ([] if x is None else [(what, x)]) + ([] if s0 is None else [("initial_state", s0)])
         named += [(f"parameter {n}", p) for n, p in self.named_parameters()]
         for label, t in named:
             if not torch.isfinite(t).all():
@@ -244,9 +252,7 @@ class ParaRNNLayer(nn.Module):
             raise FloatingPointError(
                 f"{self._label}: the input projection overflowed in {u.dtype} although x and the weights are finite"
             )
-        raise FloatingPointError(
-            f"{self._label}: the recurrent state became NaN/Inf although inputs and parameters are finite"
-        )
+        raise FloatingPointError(f"{self._label}: {otherwise}")
 
     def _check_finite(self, x: Tensor, s0: Tensor, u: Tensor) -> None:
         """One reduction and one host sync for everything the solve reads. Non-finite values in
@@ -322,26 +328,21 @@ class ParaRNNLayer(nn.Module):
             s = triton_decode_step(self.cell, u, self.A, self.C, s0)
         else:
             s = decode_step(self.cell, u, self.A.to(dtype), C, s0)
-        # No host sync per token: the finiteness of what the step read and wrote is folded
-        # into a device flag that check_steps() (called once per generate()) reads.
-        ok = torch.isfinite(u).all() & torch.isfinite(s).all()
-        self._steps_finite = ok if self._steps_finite is None else self._steps_finite & ok
+        # No check per token: a NaN/Inf that enters the state stays in it at every later step
+        # (every update multiplies or adds the previous state), so the latest state tells for
+        # all steps since the last check. check_steps() (once per generate()) reads it.
+        self._last_step_state = s
         if self.check_every_step:
             self.check_steps(x_t)
         return s[..., -1, :].to(x_t.dtype), self._public_state(s)
 
     def check_steps(self, x_t: Tensor | None = None) -> None:
-        """Raise ``FloatingPointError`` if any ``step()`` since the last check read or produced
-        NaN/Inf (one host sync); then start counting again."""
-        flag, self._steps_finite = self._steps_finite, None
-        if flag is not None and not bool(flag):
-            if x_t is not None:
-                self._raise_non_finite(x_t, None, what="input x_t")
-            for n, p in self.named_parameters():
-                if not torch.isfinite(p).all():
-                    raise FloatingPointError(f"{self._label}: parameter {n} contains NaN or Inf")
-            raise FloatingPointError(
-                f"{self._label}: a decoding step read or produced NaN/Inf (input, state or projection)"
+        """Raise ``FloatingPointError`` if a ``step()`` since the last check produced a NaN/Inf
+        state (one host sync); then start again."""
+        state, self._last_step_state = self._last_step_state, None
+        if state is not None and not bool(torch.isfinite(state).all()):
+            self._raise_non_finite(
+                x_t, None, what="input x_t", otherwise="a decoding step read or produced NaN/Inf (input or state)"
             )
 
 

@@ -381,10 +381,9 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
         self.model.embed_tokens = value
 
     def generate(self, *args: Any, **kwargs: Any):
-        """``GenerationMixin.generate``, then one check that no decoding step read or produced
-        NaN/Inf (``FloatingPointError`` naming the layer): decoding steps keep a device-side
-        flag instead of syncing with the host at every token. The prompt's forward is checked
-        as it runs."""
+        """``GenerationMixin.generate``, then one check that no decoding step produced a
+        NaN/Inf state (``FloatingPointError`` naming the layer) instead of a host sync at every
+        token (see ``check_steps``). The prompt's forward is checked as it runs."""
         ids = kwargs.get("input_ids", args[0] if args else None)
         if isinstance(ids, torch.Tensor) and ids.dim() >= 1 and ids.shape[-1] == 0 and "inputs_embeds" not in kwargs:
             raise ValueError(
@@ -392,7 +391,7 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
             )
         cells = [layer.mixer.cell for layer in self.model.layers]
         for cell in cells:
-            cell._steps_finite = None
+            cell._last_step_state = None
         out = super().generate(*args, **kwargs)
         for cell in cells:
             if hasattr(cell, "check_steps"):

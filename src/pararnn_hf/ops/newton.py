@@ -35,7 +35,7 @@ class SolveInfo:
     finite: bool = True
 
 
-def state_scales(cell: ModuleType, s0: Tensor, keep: Tensor | None = None) -> Tensor:
+def state_scales(cell: ModuleType, s0: Tensor, keep: Tensor | None = None) -> Tensor | None:
     """The magnitude every state of a row, time, state row and channel is bounded by,
     broadcastable to ``[B, T, k, N]``: ``max(1, |s0|)``, since both cells are diagonal and keep
     ``|s_t| <= max(1, |s_{t-1}|)`` channel by channel; 1 from a row's first reset on (the
@@ -44,11 +44,14 @@ def state_scales(cell: ModuleType, s0: Tensor, keep: Tensor | None = None) -> Te
     ``clamp(|s|, 1, bound)``: each element meets the tolerance it would meet alone, whatever
     the other rows, channels and documents hold (one large initial state elsewhere must not
     loosen the test), and a state that has decayed from a large start is held to the
-    absolute accuracy of an O(1) one."""
+    absolute accuracy of an O(1) one. None when every bound is 1 (the usual zero or small
+    initial state): then the residual needs no scaling at all."""
     scale = s0.abs().clamp_min(1.0)
     for i, name in enumerate(cell.STATE_ROWS):
         if name in cell.UNIT_ROWS:
             scale[:, i] = 1.0
+    if not scale.numel() or bool(scale.max() <= 1.0):
+        return None
     scale = scale.unsqueeze(1)
     if keep is not None:
         after_reset = torch.cumsum((keep == 0).to(torch.int32), dim=1) > 0  # [B, T, 1, 1]
@@ -88,7 +91,7 @@ def newton_forward(
         r = step.output() - s
         # relative to the element's own magnitude, floored at 1 and capped by its bound (so an
         # overshooting iterate cannot loosen the test)
-        rel = r.abs() / torch.minimum(s.abs(), scale).clamp_min(1.0)
+        rel = r.abs() if scale is None else r.abs().div_(torch.minimum(s.abs(), scale).clamp_min_(1.0))
         info.residual = rel.amax().item() if rel.numel() else 0.0
         if not math.isfinite(info.residual):
             info.finite = False
