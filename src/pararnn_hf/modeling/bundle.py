@@ -73,7 +73,8 @@ def _load_layers():
     try:
         from pararnn_hf import layers
 
-        return layers
+        if hasattr(layers, "check_resets"):  # an older installed package lacks what this folder uses
+            return layers
     except ImportError:
         pass
     if not any(getattr(f, "package", None) == _PACKAGE for f in sys.meta_path):
@@ -82,7 +83,7 @@ def _load_layers():
 
 
 _layers = _load_layers()
-ParaGRU, ParaLSTM = _layers.ParaGRU, _layers.ParaLSTM
+ParaGRU, ParaLSTM, check_resets = _layers.ParaGRU, _layers.ParaLSTM, _layers.check_resets
 CELL_CLASSES = {{"gru": ParaGRU, "lstm": ParaLSTM}}
 
 

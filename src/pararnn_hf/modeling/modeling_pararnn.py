@@ -20,7 +20,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_pararnn import ParaRNNConfig
-from .pararnn_core import CELL_CLASSES, core_source
+from .pararnn_core import CELL_CLASSES, check_resets, core_source
 
 REMOTE_CODE_FILES = ("configuration_pararnn.py", "modeling_pararnn.py", "pararnn_core.py")
 AUTO_MAP = {
@@ -312,12 +312,7 @@ class ParaRNNModel(ParaRNNPreTrainedModel):
         mask = self._step_mask(attention_mask, B, T)
         if resets is not None and tuple(resets.shape) != (B, T):
             raise ValueError(f"ParaRNNModel: resets must have shape ({B}, {T}); got {tuple(resets.shape)}")
-        if resets is not None:  # one meaning for the conv and the cell: bool, or 0/1 integers
-            if resets.is_floating_point() or resets.is_complex():
-                raise TypeError(f"ParaRNNModel: resets must be bool or 0/1 integers, got dtype {resets.dtype}")
-            if resets.dtype != torch.bool and bool(((resets != 0) & (resets != 1)).any()):
-                raise ValueError("ParaRNNModel: resets must hold only 0 and 1 (or be bool); got other values")
-            resets = resets.bool()
+        resets = check_resets(resets, "ParaRNNModel")  # one meaning for the conv and the cell
         if use_cache and cache is None:
             cache = ParaRNNCache(self.config, B, hidden.dtype, hidden.device)
         if cache is not None and cache.conv_states[0].shape[0] != B:
