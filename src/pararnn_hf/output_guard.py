@@ -211,3 +211,14 @@ def check_writable_file(path: str | os.PathLike) -> Path:
     except OSError as err:
         raise PermissionError(f"cannot write {path}: {err.strerror or err}") from None
     return target
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` beside ``path`` and rename it into place: a crash mid-write leaves the
+    previous file whole."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, target)
+    return target

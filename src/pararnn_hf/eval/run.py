@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..output_guard import check_writable_file
+from ..output_guard import check_writable_file, write_text_atomically
 from .local_tasks import write_local_tasks
 
 
@@ -62,11 +62,7 @@ def run_eval(
             log_samples,
         )
     if output:
-        target = Path(output)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(summary, indent=2, default=str))
-        os.replace(tmp, target)  # a crash mid-write leaves the previous results whole
+        write_text_atomically(output, json.dumps(summary, indent=2, default=str))
     return summary
 
 

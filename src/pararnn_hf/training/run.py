@@ -15,6 +15,7 @@ from transformers import TrainingArguments, default_data_collator
 
 from ..data import PackedDataset, load_corpus, load_or_train_tokenizer, tokenize_documents
 from ..modeling import ParaRNNConfig, ParaRNNForCausalLM
+from ..output_guard import write_text_atomically
 from ..presets import PRESETS, preset_config
 from .trainer import LOSS_PLOT, LossPlotCallback, ParaRNNTrainer
 
@@ -232,5 +233,5 @@ def run_training(
         "loss_plot": str(Path(training_args.output_dir).resolve() / LOSS_PLOT),
     }
     if trainer.is_world_process_zero():
-        Path(training_args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomically(Path(training_args.output_dir, "train_summary.json"), json.dumps(summary, indent=2))
     return {**summary, "is_main_process": trainer.is_world_process_zero()}

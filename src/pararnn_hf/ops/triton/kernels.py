@@ -186,7 +186,7 @@ def newton_forward_kernel(
             it += 1
         worst = tl.maximum(worst, err)
         most_iters = tl.maximum(most_iters, it - 1)
-        reset_seen += tl.sum(tl.where(tmask[:, None] & (keep == 0.0), 1, 0))
+        reset_seen = tl.max(tl.max(after_reset.to(tl.int32), axis=1), axis=0)
         tl.store(s_off + (K - 1) * N, sh, mask=m2)
         h_carry = _row(sh, last)
         if CELL == 1:

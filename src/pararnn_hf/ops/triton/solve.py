@@ -81,7 +81,7 @@ def triton_newton_forward(
         MAX_ITERS=max_iterations,
         MIN_BN=MIN_BN,
     )
-    residual = res.max().item()  # relative to max(1, |s0|) of each row and channel
+    residual = res.max().item()  # already relative per element (ops/newton.py state_scales)
     info = SolveInfo("triton", iterations=int(iters.max().item()), residual=residual)
     if not math.isfinite(residual):
         info.finite = False
