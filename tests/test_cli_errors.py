@@ -48,7 +48,7 @@ def test_corrupt_weights(model_dir, tmp_path):
         "convert",
         "cannot load the model",
     )
-    fails(["eval", "--model", str(model_dir), "--limit", "1"], "eval", "")
+    fails(["eval", "--model", str(model_dir), "--limit", "1"], "eval", "cannot load the model")
 
 
 def test_convert_config_files_of_the_wrong_shape(tmp_path):

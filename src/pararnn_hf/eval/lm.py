@@ -19,7 +19,11 @@ class ParaRNNLM(HFLM):
 
     def __init__(self, pretrained, solver_backend: str | None = None, prefill_chunk_size: int | None = None, **kwargs):
         kwargs.setdefault("backend", "causal")
-        super().__init__(pretrained=pretrained, **kwargs)
+        try:
+            super().__init__(pretrained=pretrained, **kwargs)
+        except Exception as err:  # truncated or corrupt weights raise many types; name the folder
+            text = " ".join(str(err).split())
+            raise OSError(f"cannot load the model in {pretrained}: {type(err).__name__}: {text}") from None
         config = self.model.config
         if solver_backend is not None:
             config.backend = solver_backend
