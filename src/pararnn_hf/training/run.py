@@ -69,12 +69,10 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, resume: str | bool
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output {out} exists and is not a folder")
-    if not out.exists():
-        if resume is True:
-            raise FileNotFoundError(f"--resume_from_checkpoint true: {out} holds no checkpoint to resume")
-        return []
     held = [f for f in MODEL_FILES if (out / f).exists()]
-    checkpoints = _checkpoints(out)
+    checkpoints = _checkpoints(out) if out.is_dir() else []
+    if resume is True and not checkpoints:
+        raise FileNotFoundError(f"--resume_from_checkpoint true: {out} holds no checkpoint to resume")
     if overwrite:
         return [] if resume else checkpoints  # never delete what is being resumed
     if held:
@@ -83,24 +81,18 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, resume: str | bool
             f"{out} already holds a finished model ({', '.join(held)}); {what}. "
             "Pass --overwrite to replace it, or choose another --output_dir"
         )
-    if checkpoints:
+    if checkpoints and resume is not True:
         names = ", ".join(p.name for p in checkpoints[:4]) + (", ..." if len(checkpoints) > 4 else "")
-        if resume is True:
-            return []
-        if resume:
-            inside = Path(resume).resolve().parent == out.resolve()
-            if inside:
-                return []
+        if not resume:
+            raise FileExistsError(
+                f"{out} holds checkpoints of an earlier run ({names}). Pass --resume_from_checkpoint "
+                f"{checkpoints[-1]} (or true) to continue it, or --overwrite to start over"
+            )
+        if Path(resume).resolve().parent != out.resolve():
             raise FileExistsError(
                 f"{out} holds checkpoints of another run ({names}); resuming {resume} there would mix the two. "
                 "Choose another --output_dir, or pass --overwrite to remove them"
             )
-        raise FileExistsError(
-            f"{out} holds checkpoints of an earlier run ({names}). Pass --resume_from_checkpoint "
-            f"{checkpoints[-1]} (or true) to continue it, or --overwrite to start over"
-        )
-    if resume is True:
-        raise FileNotFoundError(f"--resume_from_checkpoint true: {out} holds no checkpoint to resume")
     return []
 
 
