@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .cells import gru, lstm
-from .ops.dispatch import check_backend, compute_dtype, select_method, select_step_method, solver_input
+from .cells import CELL_NAMES, Cell, gru, lstm
+from .ops.dispatch import BACKENDS, check_backend, compute_dtype, select_method, select_step_method, solver_input
 from .ops.newton import SolveInfo
 from .ops.recurrence import decode_step, solve
 
@@ -65,7 +64,7 @@ class ParaRNNConvergenceWarning(RuntimeWarning):
 class ParaRNNLayer(nn.Module):
     """Shared machinery; subclasses set ``cell`` to a cell-math module."""
 
-    cell: ModuleType
+    cell: Cell
 
     def __init__(
         self,
@@ -299,6 +298,7 @@ class ParaRNNLayer(nn.Module):
         A = self.A.to(dtype)
         C = None if self.C is None else self.C.to(dtype)
         s, info = solve(self.cell, u, A, C, s0, m, keep, method, self.newton_max_iterations, self.newton_tolerance)
+        info.backend = self.backend
         self.last_solve_info = info
         if not info.finite:
             self._raise_non_finite(x, s0)
@@ -356,3 +356,20 @@ class ParaLSTM(ParaRNNLayer):
     """ParaLSTM layer (docs/design.md#cells): coupled input/forget gate with peepholes, state (c, h)."""
 
     cell = lstm
+
+
+# The layer class of each ``config.cell``; with BACKENDS and CELL_NAMES, what the modeling code
+# and the saved bundle read from here.
+CELL_CLASSES: dict[str, type[ParaRNNLayer]] = {cls.cell.NAME: cls for cls in (ParaGRU, ParaLSTM)}
+assert tuple(CELL_CLASSES) == CELL_NAMES
+
+__all__ = [
+    "BACKENDS",
+    "CELL_CLASSES",
+    "CELL_NAMES",
+    "ParaGRU",
+    "ParaLSTM",
+    "ParaRNNConvergenceWarning",
+    "ParaRNNLayer",
+    "check_resets",
+]

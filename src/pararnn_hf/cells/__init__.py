@@ -1,12 +1,4 @@
-"""Cell math: one module per cell, each with the same functions.
-
-A cell module provides ``NAME``, ``STATE_ROWS`` (rows of the state, e.g. ("c", "h")),
-``GATE_ROWS`` (rows of ``u``, ``A`` and ``b``), ``PEEPHOLE_ROWS`` (rows of ``C``) and
-
-- ``gates(prev, u, A, C)``: the gate activations of one step,
-- ``output(prev, gates)``: the new state ``f(prev, u)``,
-- ``jacobian(prev, gates, A, C)``: ``df/dprev`` as k x k blocks ``[..., k, k, N]``,
-- ``vjp(prev, gates, A, C, lam)``: ``(dL/du, dL/dA, dL/dC, dL/dprev)`` for ``lam = dL/df``.
+"""Cell math: one module per cell, each satisfying the ``Cell`` protocol below.
 
 States are ``[..., k, N]`` (k = len(STATE_ROWS)); every function broadcasts over the
 leading dimensions so one step and a whole sequence share the code.
@@ -14,18 +6,47 @@ leading dimensions so one step and a whole sequence share the code.
 
 from __future__ import annotations
 
-from types import ModuleType
+from typing import Any, Protocol
+
+from torch import Tensor
 
 from . import gru, lstm
 
-CELLS: dict[str, ModuleType] = {gru.NAME: gru, lstm.NAME: lstm}
+
+class Cell(Protocol):
+    """What the solvers, layers and kernels read from a cell module (docs/design.md#cells)."""
+
+    NAME: str  # the config's ``cell`` value
+    KERNEL_ID: int  # the ``CELL`` constexpr of the Triton kernels
+    STATE_ROWS: tuple[str, ...]  # rows of the state, e.g. ("c", "h"); h is always the last
+    UNIT_ROWS: tuple[str, ...]  # state rows kept in [-1, 1] by every step (Newton's scale)
+    GATE_ROWS: tuple[str, ...]  # rows of u, A and b
+    PEEPHOLE_ROWS: tuple[str, ...]  # rows of C (empty: the cell has no C)
+
+    def gates(self, prev: Tensor, u: Tensor, A: Tensor, C: Tensor | None) -> Any:
+        """The gate activations of one step."""
+
+    def output(self, prev: Tensor, g: Any) -> Tensor:
+        """The new state ``f(prev, u)``."""
+
+    def jacobian(self, prev: Tensor, g: Any, A: Tensor, C: Tensor | None) -> Tensor:
+        """``df/dprev`` as k x k blocks ``[..., k, k, N]``."""
+
+    def vjp(
+        self, prev: Tensor, g: Any, A: Tensor, C: Tensor | None, lam: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """``(dL/du, dL/dA, dL/dC, dL/dprev)`` for ``lam = dL/df``."""
 
 
-def get_cell(name: str) -> ModuleType:
+CELLS: dict[str, Cell] = {gru.NAME: gru, lstm.NAME: lstm}
+CELL_NAMES: tuple[str, ...] = tuple(CELLS)
+
+
+def get_cell(name: str) -> Cell:
     try:
         return CELLS[name]
     except KeyError:
-        raise ValueError(f"unknown cell {name!r}; expected one of {sorted(CELLS)}") from None
+        raise ValueError(f"unknown cell {name!r}; expected one of {CELL_NAMES}") from None
 
 
-__all__ = ["CELLS", "get_cell", "gru", "lstm"]
+__all__ = ["CELLS", "CELL_NAMES", "Cell", "get_cell", "gru", "lstm"]

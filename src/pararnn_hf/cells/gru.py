@@ -21,6 +21,7 @@ from torch import Tensor
 from .common import sum_leading as _sum_leading
 
 NAME = "gru"
+KERNEL_ID = 0  # the Triton kernels' CELL constexpr
 STATE_ROWS = ("h",)
 # State rows in [-1, 1] after any step whatever the initial state (none here: h' is a convex
 # combination of h and tanh(...), so only |h'| <= max(1, |h|) holds).

@@ -23,6 +23,7 @@ from torch import Tensor
 from .common import sum_leading as _sum_leading
 
 NAME = "lstm"
+KERNEL_ID = 1  # the Triton kernels' CELL constexpr
 STATE_ROWS = ("c", "h")
 # State rows in [-1, 1] after any step whatever the initial state: h' = o * tanh(c').
 # (c' = f c + (1 - f) c~ only keeps |c'| <= max(1, |c|).)

@@ -69,11 +69,14 @@ class _BundleImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(code, module.__dict__)
 
 
+_NAMES = ("BACKENDS", "CELL_CLASSES", "CELL_NAMES", "ParaGRU", "ParaLSTM", "check_resets")
+
+
 def _load_layers():
     try:
         from pararnn_hf import layers
 
-        if hasattr(layers, "check_resets"):  # an older installed package lacks what this folder uses
+        if all(hasattr(layers, name) for name in _NAMES):  # an older package lacks some
             return layers
     except ImportError:
         pass
@@ -83,8 +86,7 @@ def _load_layers():
 
 
 _layers = _load_layers()
-ParaGRU, ParaLSTM, check_resets = _layers.ParaGRU, _layers.ParaLSTM, _layers.check_resets
-CELL_CLASSES = {{"gru": ParaGRU, "lstm": ParaLSTM}}
+BACKENDS, CELL_CLASSES, CELL_NAMES, ParaGRU, ParaLSTM, check_resets = (getattr(_layers, n) for n in _NAMES)
 
 
 def core_source():

@@ -1,17 +1,15 @@
 """ParaRNN model configuration (docs/design.md#model).
 
-Self-contained (imports only transformers): it is copied verbatim into saved model folders
-so that ``trust_remote_code=True`` loading works without ``pararnn_hf`` installed.
+Copied verbatim into saved model folders beside ``pararnn_core.py``, which provides the
+backend and cell names there (the package's or the bundled copy), so that
+``trust_remote_code=True`` loading works without ``pararnn_hf`` installed.
 """
 
 from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-CELLS = ("gru", "lstm")
-# Kept in step with pararnn_hf.ops.dispatch.BACKENDS (a test checks it); this file must not
-# import the package.
-BACKENDS = ("auto", "torch", "sequential", "triton")
+from .pararnn_core import BACKENDS, CELL_NAMES
 
 
 def _default_intermediate_size(hidden_size: int) -> int:
@@ -144,8 +142,8 @@ class ParaRNNConfig(PretrainedConfig):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ParaRNNConfig: {key} must be a positive int, got {value!r}")
-        if self.cell not in CELLS:
-            raise ValueError(f"ParaRNNConfig: cell must be one of {CELLS}, got {self.cell!r}")
+        if self.cell not in CELL_NAMES:
+            raise ValueError(f"ParaRNNConfig: cell must be one of {CELL_NAMES}, got {self.cell!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"ParaRNNConfig: backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.d_inner % self.num_heads:

@@ -22,7 +22,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .configuration_pararnn import ParaRNNConfig
 from .pararnn_core import CELL_CLASSES, check_resets, core_source
 
-REMOTE_CODE_FILES = ("configuration_pararnn.py", "modeling_pararnn.py", "pararnn_core.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_pararnn.ParaRNNConfig",
     "AutoModel": "modeling_pararnn.ParaRNNModel",

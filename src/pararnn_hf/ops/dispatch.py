@@ -24,7 +24,9 @@ except ImportError:  # the pure-PyTorch copy bundled into saved model folders ha
         return False
 
 
+# What a user may ask for; METHODS are what actually runs ("auto" resolves to one of them).
 BACKENDS = ("auto", "torch", "sequential", "triton")
+METHODS = BACKENDS[1:]
 
 logger = logging.getLogger("pararnn_hf")
 _logged: set[tuple[str, str]] = set()
@@ -63,11 +65,10 @@ def check_triton(device_type: str) -> None:
 
 
 def select_method(backend: str, u: Tensor, state_rows: int) -> str:
-    """The forward solve method ('newton', 'sequential' or 'triton') for ``u`` ``[B, T, G, N]``."""
-    if backend == "torch":
-        return "newton"
-    if backend == "sequential":
-        return "sequential"
+    """The backend that runs the forward solve of ``u`` ``[B, T, G, N]``: one of ``METHODS``
+    (``backend`` itself unless it is ``"auto"``)."""
+    if backend in ("torch", "sequential"):
+        return backend
     if backend == "triton":
         check_triton(u.device.type)
         if u.dtype == torch.float64:
@@ -78,13 +79,13 @@ def select_method(backend: str, u: Tensor, state_rows: int) -> str:
         return "triton"
     B, T, _, N = u.shape
     if u.device.type == "cpu":
-        method = "newton" if _cpu_prefers_newton(T, B * state_rows * N) else "sequential"
+        method = "torch" if _cpu_prefers_newton(T, B * state_rows * N) else "sequential"
     else:  # the kernels compute in float32: float64 stays on the torch solver
-        method = "triton" if triton_usable(u.device.type) and u.dtype != torch.float64 else "newton"
+        method = "triton" if triton_usable(u.device.type) and u.dtype != torch.float64 else "torch"
     key = (u.device.type, method)
     if key not in _logged:
         _logged.add(key)
-        logger.info("pararnn_hf: backend 'auto' uses the %s solver on %s", method, u.device.type)
+        logger.info("pararnn_hf: backend 'auto' runs the %r backend on %s", method, u.device.type)
     return method
 
 

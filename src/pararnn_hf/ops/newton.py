@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import ModuleType
 
 import torch
 from torch import Tensor
 
+from ..cells import Cell
 from .scan import parallel_linear_scan
 from .sequential import sequential_solve
 from .transition import Transition, shift_right
@@ -27,7 +27,13 @@ from .transition import Transition, shift_right
 
 @dataclass
 class SolveInfo:
+    """What one forward solve did, in the README's words: ``method`` is the backend that ran
+    ("torch": parallel Newton in PyTorch, "sequential": the step loop, "triton": the fused
+    kernels) and ``backend`` the one the layer was asked for ("auto" or one of those); the
+    rest is Newton's report. ``fallback_from`` is the first time step the loop re-solved."""
+
     method: str
+    backend: str | None = None
     iterations: int = 0
     residual: float = 0.0
     converged: bool = True
@@ -35,7 +41,7 @@ class SolveInfo:
     finite: bool = True
 
 
-def state_scales(cell: ModuleType, s0: Tensor, keep: Tensor | None = None) -> Tensor | None:
+def state_scales(cell: Cell, s0: Tensor, keep: Tensor | None = None) -> Tensor | None:
     """The magnitude every state of a row, time, state row and channel is bounded by,
     broadcastable to ``[B, T, k, N]``: ``max(1, |s0|)``, since both cells are diagonal and keep
     ``|s_t| <= max(1, |s_{t-1}|)`` channel by channel; 1 from a row's first reset on (the
@@ -70,7 +76,7 @@ def default_tolerance(dtype: torch.dtype) -> float:
 
 
 def newton_forward(
-    cell: ModuleType,
+    cell: Cell,
     u: Tensor,
     A: Tensor,
     C: Tensor | None,
@@ -82,7 +88,7 @@ def newton_forward(
 ) -> tuple[Tensor, SolveInfo]:
     tol = default_tolerance(u.dtype) if tolerance is None else tolerance
     B, T = u.shape[:2]
-    info = SolveInfo("newton")
+    info = SolveInfo("torch")
     s = Transition(cell, s0.unsqueeze(1).expand(B, T, *s0.shape[1:]), u, A, C, mask, keep).output()
     scale = state_scales(cell, s0, keep)
     rel = None

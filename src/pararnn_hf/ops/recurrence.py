@@ -11,27 +11,25 @@ Only ``u``, the parameters, ``s0`` and the solution ``s`` are saved; gates are r
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 from torch import Tensor
 
+from ..cells import Cell
+from .dispatch import METHODS
 from .newton import SolveInfo, newton_forward
 from .scan import adjoint_scan
 from .sequential import sequential_solve
 from .transition import Transition, shift_right
 
-METHODS = ("newton", "sequential", "triton")
 
-
-def decode_step(cell: ModuleType, u: Tensor, A: Tensor, C: Tensor | None, s0: Tensor) -> Tensor:
+def decode_step(cell: Cell, u: Tensor, A: Tensor, C: Tensor | None, s0: Tensor) -> Tensor:
     """One step for every row: ``u`` [B, G, N] and ``s0`` [B, k, N] -> the new state [B, k, N].
     The reference of ``triton_decode_step`` (same signature)."""
     return Transition(cell, s0, u, A, C).output()
 
 
 def adjoint_backward(
-    cell: ModuleType,
+    cell: Cell,
     u: Tensor,
     A: Tensor,
     C: Tensor | None,
@@ -51,14 +49,14 @@ def adjoint_backward(
 
 
 def solve(
-    cell: ModuleType,
+    cell: Cell,
     u: Tensor,
     A: Tensor,
     C: Tensor | None,
     s0: Tensor,
     mask: Tensor | None = None,
     keep: Tensor | None = None,
-    method: str = "newton",
+    method: str = "torch",
     max_iterations: int = 8,
     tolerance: float | None = None,
 ) -> tuple[Tensor, SolveInfo]:
@@ -80,7 +78,7 @@ def forward_solve(cell, u, A, C, s0, mask, keep, method, max_iterations, toleran
         from .triton.solve import triton_newton_forward
 
         return triton_newton_forward(cell, u, A, C, s0, mask, keep, max_iterations, tolerance)
-    if method == "newton":
+    if method == "torch":
         return newton_forward(cell, u, A, C, s0, mask, keep, max_iterations, tolerance)
     s = sequential_solve(cell, u, A, C, s0, mask, keep)
     finite = bool(torch.isfinite(s).all()) if s.numel() else True

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 from torch import Tensor
 
+from ..cells import Cell
 from .transition import Transition
 
 
 def sequential_solve(
-    cell: ModuleType,
+    cell: Cell,
     u: Tensor,
     A: Tensor,
     C: Tensor | None,

@@ -12,10 +12,10 @@ it) and a reset cuts the dependence on the previous document (Jacobian 0).
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 from torch import Tensor
+
+from ..cells import Cell
 
 
 class Transition:
@@ -28,7 +28,7 @@ class Transition:
 
     def __init__(
         self,
-        cell: ModuleType,
+        cell: Cell,
         prev: Tensor,
         u: Tensor,
         A: Tensor,

@@ -1,5 +1,5 @@
 """Fused Triton kernels: the chunked parallel-Newton forward, the adjoint backward and the
-single decoding step, written once for both cells (``CELL`` 0 = ParaGRU, 1 = ParaLSTM).
+single decoding step, written once for both cells (docs/design.md#kernels).
 
 Each program owns ``BN`` channels of one batch row and walks the time axis in chunks of
 ``CH`` steps. Within a chunk the Newton iteration runs on chip, starting from the exact state
@@ -8,6 +8,24 @@ carried in from the previous chunk: residual, Jacobian and a ``tl.associative_sc
 once and its last state is the next chunk's carry. The shift ``s_{t-1}`` inside a chunk goes
 through the output buffer (stores, a barrier, shifted loads), which stays in cache.
 Indexing is 64-bit; math is fp32 whatever the input dtype.
+
+Conventions (every kernel here follows them):
+
+- Names. ``x_ptr`` is the base pointer of global tensor ``x``; ``x_off`` a tile of pointers
+  into it; ``*mask`` / ``m2`` boolean tiles saying which lanes are in bounds; ``t`` time
+  indices ``[CH]``, ``n`` channel indices ``[BN]``, ``b`` the batch row. Tile values carry
+  the math's names: ``sh``/``sc`` the state rows h/c, ``u0..u2`` the gate rows of ``u``,
+  ``A0..A2``/``C0, C1`` parameter rows as ``[1, BN]``, ``jcc, jch, jhc, jhh`` a 2x2 Jacobian
+  (rows c', h'; columns d/dc, d/dh), ``lam_*`` adjoints. Tiles are ``[CH, BN]`` (time x
+  channels); per-step flags are ``[CH, 1]`` columns.
+- The cell. ``CELL`` is the cell module's ``KERNEL_ID`` (0 = ParaGRU, 1 = ParaLSTM) and ``K``
+  its number of state rows; both are constexprs, so each cell compiles to its own kernel.
+- Layouts. ``u``/``du`` are ``[B, T, 3, N]``, states ``[B, T, K, N]`` with h the last row,
+  ``A`` ``[3, N]``, ``C`` ``[2, N]``, flags ``[B, T]``; all contiguous.
+- Optional inputs are passed as ``None`` (the padding mask, the reset flags, the GRU's
+  ``C`` and ``dC``); ``@triton.heuristics`` turns their presence into the ``HAS_*``
+  constexprs, so an absent input costs neither a load nor a dummy tensor.
+- Launches name every argument (``kernel[grid](u_ptr=u, ...)``).
 """
 
 import triton
@@ -80,7 +98,14 @@ def _row(tile, select):
     return tl.sum(tl.where(select, tile, 0.0), axis=0)
 
 
+# presence of the optional inputs -> constexpr flags (None pointers compile away)
+_OPTIONAL_FLAGS = triton.heuristics(
+    {"HAS_MASK": lambda args: args["mask_ptr"] is not None, "HAS_KEEP": lambda args: args["keep_ptr"] is not None}
+)
+
+
 @triton.autotune(configs=SEQUENCE_CONFIGS, key=["N", "CELL"])
+@_OPTIONAL_FLAGS
 @triton.jit
 def newton_forward_kernel(
     u_ptr,
@@ -96,6 +121,7 @@ def newton_forward_kernel(
     N,
     tol,
     CELL: tl.constexpr,
+    K: tl.constexpr,
     HAS_MASK: tl.constexpr,
     HAS_KEEP: tl.constexpr,
     MAX_ITERS: tl.constexpr,
@@ -103,7 +129,15 @@ def newton_forward_kernel(
     CH: tl.constexpr,
     BN: tl.constexpr,
 ):
-    K: tl.constexpr = CELL + 1  # state rows
+    """All states of the sequence by chunked Newton (ops/newton.py newton_forward).
+
+    In: ``u`` [B, T, 3, N] (fp32/bf16/fp16), ``A`` [3, N], ``C`` [2, N] or None, ``s0``
+    [B, K, N], ``mask`` [B, T] int8 or None, ``keep`` [B, T] fp32 or None, ``T``, ``N``, the
+    tolerance ``tol`` (relative to clamp(|s|, 1, bound)) and the iteration cap.
+    Out: ``s`` [B, T, K, N] fp32; per program (slot ``b * cdiv(N, MIN_BN) + nb``) the worst
+    final residual of its chunks in ``res`` and the most Newton updates any chunk needed in
+    ``iters``. Grid: (B, cdiv(N, BN)).
+    """
     b = tl.program_id(0).to(tl.int64)
     nb = tl.program_id(1)
     n = nb * BN + tl.arange(0, BN)
@@ -199,6 +233,7 @@ def newton_forward_kernel(
 
 
 @triton.autotune(configs=SEQUENCE_CONFIGS, key=["N", "CELL"])
+@_OPTIONAL_FLAGS
 @triton.jit
 def adjoint_backward_kernel(
     u_ptr,
@@ -216,15 +251,21 @@ def adjoint_backward_kernel(
     T,
     N,
     CELL: tl.constexpr,
+    K: tl.constexpr,
     HAS_MASK: tl.constexpr,
     HAS_KEEP: tl.constexpr,
     CH: tl.constexpr,
     BN: tl.constexpr,
 ):
-    """lam_t = g_t + J_{t+1}^T lam_{t+1} by a reverse scan per chunk (chunks last to first,
-    carrying J_{t+1}^T lam_{t+1} across), then the closed-form gradients at every step:
-    dL/du (stored), dL/dA and dL/dC (per batch row, summed by the caller), dL/ds0."""
-    K: tl.constexpr = CELL + 1
+    """The adjoint backward (ops/recurrence.py adjoint_backward): lam_t = g_t + J_{t+1}^T
+    lam_{t+1} by a reverse scan per chunk (chunks last to first, carrying J_{t+1}^T lam_{t+1}
+    across), then the closed-form gradients at every step.
+
+    In: ``u`` [B, T, 3, N], ``A`` [3, N], ``C`` [2, N] or None, ``s0`` [B, K, N], the solution
+    ``s`` [B, T, K, N] fp32, ``mask``/``keep`` as in the forward, ``g = dL/ds`` [B, T, K, N].
+    Out: ``du`` [B, T, 3, N] fp32, ``dA`` [B, 3, N] and ``dC`` [B, 2, N] (or None; per batch
+    row, summed by the caller), ``ds0`` [B, K, N]. Grid: (B, cdiv(N, BN)).
+    """
     b = tl.program_id(0).to(tl.int64)
     nb = tl.program_id(1)
     n = nb * BN + tl.arange(0, BN)
@@ -313,9 +354,12 @@ def adjoint_backward_kernel(
 
 @triton.autotune(configs=STEP_CONFIGS, key=["N", "CELL"])
 @triton.jit
-def decode_step_kernel(u_ptr, A_ptr, C_ptr, s_ptr, out_ptr, N, CELL: tl.constexpr, BN: tl.constexpr):
-    """One token through one layer's cell: state [B, K, N] and u [B, 3, N] -> new state."""
-    K: tl.constexpr = CELL + 1
+def decode_step_kernel(u_ptr, A_ptr, C_ptr, s_ptr, out_ptr, N, CELL: tl.constexpr, K: tl.constexpr, BN: tl.constexpr):
+    """One token through one layer's cell (ops/recurrence.py decode_step).
+
+    In: ``u`` [B, 3, N], ``A`` [3, N] fp32, ``C`` [2, N] fp32 or None, the state ``s``
+    [B, K, N] fp32. Out: the new state ``out`` [B, K, N] fp32. Grid: (B, cdiv(N, BN)).
+    """
     b = tl.program_id(0).to(tl.int64)
     n = tl.program_id(1) * BN + tl.arange(0, BN)
     nmask = n < N

@@ -5,17 +5,16 @@ converge). The torch backend is the reference these are tested against."""
 from __future__ import annotations
 
 import math
-from types import ModuleType
 
 import torch
 import triton
 from torch import Tensor
 
+from ...cells import Cell
 from ..newton import SolveInfo, default_tolerance
 from ..sequential import sequential_solve
 from .kernels import MIN_BN, adjoint_backward_kernel, decode_step_kernel, newton_forward_kernel
 
-CELL_IDS = {"gru": 0, "lstm": 1}
 # Tests set this to catch elements a kernel forgets to write.
 FILL_OUTPUTS_WITH_NAN = False
 
@@ -31,16 +30,23 @@ def _new(shape, like: Tensor, dtype=torch.float32) -> Tensor:
     return torch.empty(shape, dtype=dtype, device=like.device)
 
 
-def _step_flags(mask: Tensor | None, keep: Tensor | None, B: int, T: int, like: Tensor):
-    """The solver's [B, T, 1, 1] mask/keep as flat [B, T] int8 / fp32 (or 1-element dummies)."""
-    dummy = like.new_zeros(1)
-    m = mask.reshape(B, T).to(torch.int8).contiguous() if mask is not None else dummy
-    k = keep.reshape(B, T).to(torch.float32).contiguous() if keep is not None else dummy
+def _step_flags(mask: Tensor | None, keep: Tensor | None, B: int, T: int):
+    """The solver's [B, T, 1, 1] mask/keep as flat [B, T] int8 / fp32 (None stays None)."""
+    m = mask.reshape(B, T).to(torch.int8).contiguous() if mask is not None else None
+    k = keep.reshape(B, T).to(torch.float32).contiguous() if keep is not None else None
     return m, k
 
 
+def _fp32(x: Tensor | None) -> Tensor | None:
+    return None if x is None else x.float().contiguous()
+
+
+def _cell_constants(cell: Cell) -> dict[str, int]:
+    return {"CELL": cell.KERNEL_ID, "K": len(cell.STATE_ROWS)}
+
+
 def triton_newton_forward(
-    cell: ModuleType,
+    cell: Cell,
     u: Tensor,
     A: Tensor,
     C: Tensor | None,
@@ -54,32 +60,29 @@ def triton_newton_forward(
     K = len(cell.STATE_ROWS)
     tol = default_tolerance(torch.float32) if tolerance is None else tolerance
     u = u.contiguous()
-    A32 = A.float().contiguous()
-    C32 = C.float().contiguous() if C is not None else A32
+    A32, C32 = _fp32(A), _fp32(C)
     s0 = s0.float().contiguous()
     s = _new((B, T, K, N), u)
     slots = B * triton.cdiv(N, MIN_BN)  # one per program for any autotuned BN; unused stay 0
     res = torch.zeros(slots, dtype=torch.float32, device=u.device)
     iters = torch.zeros(slots, dtype=torch.int32, device=u.device)
-    m, k = _step_flags(mask, keep, B, T, u)
+    m, k = _step_flags(mask, keep, B, T)
     newton_forward_kernel[_grid(B, N)](
-        u,
-        A32,
-        C32,
-        s0,
-        m,
-        k,
-        s,
-        res,
-        iters,
-        T,
-        N,
-        tol,
-        CELL=CELL_IDS[cell.NAME],
-        HAS_MASK=mask is not None,
-        HAS_KEEP=keep is not None,
+        u_ptr=u,
+        A_ptr=A32,
+        C_ptr=C32,
+        s0_ptr=s0,
+        mask_ptr=m,
+        keep_ptr=k,
+        s_ptr=s,
+        res_ptr=res,
+        iters_ptr=iters,
+        T=T,
+        N=N,
+        tol=tol,
         MAX_ITERS=max_iterations,
         MIN_BN=MIN_BN,
+        **_cell_constants(cell),
     )
     residual = res.max().item()  # already relative per element (ops/newton.py state_scales)
     info = SolveInfo("triton", iterations=int(iters.max().item()), residual=residual)
@@ -89,13 +92,12 @@ def triton_newton_forward(
     if residual > tol:
         # some chunk did not converge: redo the whole sequence exactly
         info.converged, info.fallback_from = False, 0
-        C_ref = None if C is None else C32
-        s = sequential_solve(cell, u.float(), A32, C_ref, s0, mask, keep)
+        s = sequential_solve(cell, u.float(), A32, C32, s0, mask, keep)
     return s, info
 
 
 def triton_adjoint_backward(
-    cell: ModuleType,
+    cell: Cell,
     u: Tensor,
     A: Tensor,
     C: Tensor | None,
@@ -107,48 +109,43 @@ def triton_adjoint_backward(
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     B, T, G, N = u.shape
     K = len(cell.STATE_ROWS)
-    A32 = A.float().contiguous()
-    C32 = C.float().contiguous() if C is not None else A32
     du = _new((B, T, G, N), u)
     dA = _new((B, 3, N), u)
-    dC = _new((B, 2, N), u) if C is not None else dA
+    dC = _new((B, 2, N), u) if C is not None else None
     ds0 = _new((B, K, N), u)
-    m, k = _step_flags(mask, keep, B, T, u)
+    m, k = _step_flags(mask, keep, B, T)
     adjoint_backward_kernel[_grid(B, N)](
-        u.contiguous(),
-        A32,
-        C32,
-        s0.float().contiguous(),
-        s.contiguous(),
-        m,
-        k,
-        grad_s.float().contiguous(),
-        du,
-        dA,
-        dC,
-        ds0,
-        T,
-        N,
-        CELL=CELL_IDS[cell.NAME],
-        HAS_MASK=mask is not None,
-        HAS_KEEP=keep is not None,
+        u_ptr=u.contiguous(),
+        A_ptr=_fp32(A),
+        C_ptr=_fp32(C),
+        s0_ptr=s0.float().contiguous(),
+        s_ptr=s.contiguous(),
+        mask_ptr=m,
+        keep_ptr=k,
+        g_ptr=grad_s.float().contiguous(),
+        du_ptr=du,
+        dA_ptr=dA,
+        dC_ptr=dC,
+        ds0_ptr=ds0,
+        T=T,
+        N=N,
+        **_cell_constants(cell),
     )
     return du.to(u.dtype), dA.sum(0).to(A.dtype), (dC.sum(0).to(C.dtype) if C is not None else None), ds0
 
 
-def triton_decode_step(cell: ModuleType, u: Tensor, A: Tensor, C: Tensor | None, s0: Tensor) -> Tensor:
+def triton_decode_step(cell: Cell, u: Tensor, A: Tensor, C: Tensor | None, s0: Tensor) -> Tensor:
     """One step for every row: ``u`` [B, 3, N] and ``s0`` [B, K, N] fp32 -> the new state
     [B, K, N]. The fused version of ``ops.recurrence.decode_step`` (same signature)."""
     B, K, N = s0.shape
-    A32 = A.float().contiguous()
     out = _new((B, K, N), u)
     decode_step_kernel[_grid(B, N)](
-        u.contiguous(),
-        A32,
-        C.float().contiguous() if C is not None else A32,
-        s0.float().contiguous(),
-        out,
-        N,
-        CELL=CELL_IDS[cell.NAME],
+        u_ptr=u.contiguous(),
+        A_ptr=_fp32(A),
+        C_ptr=_fp32(C),
+        s_ptr=s0.float().contiguous(),
+        out_ptr=out,
+        N=N,
+        **_cell_constants(cell),
     )
     return out
