@@ -28,3 +28,15 @@ def model_dir(tmp_path):
     tiny_model("gru").save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+def pytest_make_parametrize_id(config, val, argname):
+    """Readable ids for parametrized cases (``float32``, ``expand=2,cell=lstm``) instead of
+    pytest's ``dtype0`` / ``overrides3``; plain strings and numbers keep pytest's own."""
+    if isinstance(val, torch.dtype):
+        return str(val).removeprefix("torch.")
+    if isinstance(val, dict):
+        return ",".join(f"{k}={pytest_make_parametrize_id(config, v, k) or v}" for k, v in val.items()) or "none"
+    if isinstance(val, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in val):
+        return "+".join(map(str, val)) or "empty"
+    return None

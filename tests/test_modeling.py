@@ -37,7 +37,9 @@ def test_config_defaults_and_backends_in_step_with_package():
     cfg = ParaRNNConfig()
     assert cfg.model_type == "pararnn" and cfg.cell == "gru" and cfg.expand == 1 and cfg.tie_word_embeddings
     assert cfg.intermediate_size % 64 == 0 and cfg.intermediate_size >= 8 * cfg.hidden_size // 3
-    assert configuration_pararnn.BACKENDS == pararnn_hf.BACKENDS
+    # one definition each: the config reads the names the layers and the CLI use
+    assert configuration_pararnn.BACKENDS is pararnn_hf.ops.dispatch.BACKENDS
+    assert configuration_pararnn.CELL_NAMES is pararnn_hf.cells.CELL_NAMES
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -209,6 +211,7 @@ def test_push_to_hub_goes_through_the_code_writing_save(tmp_path, monkeypatch):
         (torch.tensor([[0.0, 0.5, 0, 0, 0, 0]]), TypeError, "resets must be bool or 0/1 integers, got dtype"),
         (torch.tensor([[0, 2, 0, 0, 0, 0]]), ValueError, "resets must hold only 0 and 1"),
     ],
+    ids=["float-flags", "flag-2"],
 )
 def test_resets_other_than_bool_or_01_are_refused(resets, error, match):
     """A 0.5 or a 2 used to reset the recurrence but not the conv, leaking documents."""

@@ -10,6 +10,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cells import CELL_NAMES
+from .extras import MissingExtraError, require_extras
+from .ops.dispatch import BACKENDS
+
 
 def _version(dist: str) -> str:
     try:
@@ -21,7 +25,7 @@ def _version(dist: str) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from . import BACKENDS, __version__
+    from . import __version__
 
     print(f"pararnn_hf    {__version__}")
     print(f"python        {platform.python_version()} ({platform.machine()})")
@@ -35,7 +39,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # What the package raises for bad input: files and folders (OSError), arguments and values
 # (ValueError, with ConversionError, CardError and UnsafeOutputError; TypeError), NaN/Inf.
-USER_ERRORS = (OSError, ValueError, TypeError, ArithmeticError)
+USER_ERRORS = (OSError, ValueError, TypeError, ArithmeticError, MissingExtraError)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -130,6 +134,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_train(argv: list[str]) -> int:
     """Parsed by ``HfArgumentParser`` so every ``TrainingArguments`` field is a flag."""
+    require_extras("this command", "train")  # TrainingArguments itself needs accelerate
     from transformers import HfArgumentParser, TrainingArguments
 
     from .training import DataArguments, ModelArguments, run_training
@@ -146,6 +151,7 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    require_extras("this command", "train", "eval")
     from .training.demo import run_demo
 
     run_demo(
@@ -207,6 +213,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    require_extras("this command", "eval")
     from .eval import run_eval
 
     check_device("eval", args.device)
@@ -269,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     demo = sub.add_parser("demo", help="train a small ParaRNN on the built-in corpus, reload it, generate, evaluate")
-    demo.add_argument("--cell", choices=["gru", "lstm"], default="gru")
+    demo.add_argument("--cell", choices=CELL_NAMES, default="gru")
     demo.add_argument("--steps", type=int, default=500)
     demo.add_argument("--output", default="pararnn-demo")
     demo.add_argument("--seq-len", type=int, default=256)
@@ -307,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     to.add_argument("--format", choices=["safetensors", "pt"], default="safetensors")
     fl = directions.add_parser("from-llama", parents=[shared], help="upcycle a Llama/Mistral-style model")
     fl.add_argument("--model", required=True, help="the Llama-style model folder")
-    fl.add_argument("--cell", choices=["gru", "lstm"], default="gru")
+    fl.add_argument("--cell", choices=CELL_NAMES, default="gru")
     fl.add_argument("--num-heads", type=int, default=None)
     fl.add_argument("--max-shard-size", default="5GB")
     fl.add_argument("--seed", type=int, default=0)
@@ -322,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-fewshot", type=int, default=None)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--output", default=None, help="results JSON (default: MODEL/eval_results.json)")
-    ev.add_argument("--solver-backend", default=None, choices=["auto", "torch", "sequential", "triton"])
+    ev.add_argument("--solver-backend", default=None, choices=BACKENDS)
     ev.add_argument("--prefill-chunk-size", type=int, default=None)
     ev.add_argument("--log-samples", action="store_true")
     ev.set_defaults(func=cmd_eval)

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..extras import require_extras
 from ..output_guard import check_writable_file, write_text_atomically
 from .local_tasks import write_local_tasks
 
@@ -40,6 +41,7 @@ def run_eval(
 ) -> dict[str, Any]:
     """Evaluate ``model_dir`` with lm-eval's ``simple_evaluate``; writes ``output`` (JSON) when
     given and returns ``{"results": ..., "config": ...}``."""
+    require_extras("run_eval", "eval")
     _offline()
     from . import lm as _lm  # noqa: F401  (registers the "pararnn" model)
 
