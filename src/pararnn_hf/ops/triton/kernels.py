@@ -43,10 +43,46 @@ def _configs(shapes: list[tuple[int, int, int]]) -> list[triton.Config]:
     return [triton.Config({"CH": ch, "BN": bn}, num_warps=w) for ch, bn, w in shapes]
 
 
-# Chunk lengths trade scan depth against how often the chunk carry serialises; channel
-# blocks trade programs in flight (B * N / BN) against per-program work.
-SEQUENCE_CONFIGS = _configs([(16, 32, 4), (32, 32, 4), (64, 32, 8), (32, 64, 8), (16, 64, 4), (32, 16, 2)])
-STEP_CONFIGS = [triton.Config({"BN": bn}, num_warps=w) for bn, w in ((128, 4), (256, 4), (512, 8))]
+# (CH, BN, num_warps) per cell (its KERNEL_ID). Chunk lengths trade scan depth against how
+# often the chunk carry serialises; channel blocks trade programs in flight (B * N / BN)
+# against per-program work. Each listed tile compiles for sm_80 and sm_90 under Triton 3.6
+# and 3.9 without spilling where the registers run out (benchmarks/kernel_resources.py,
+# BENCHMARKS.md "Kernel resources"); left out:
+# - LSTM forward, BN = 64: 255 registers and 16-40 B spills per thread (Triton 3.6);
+# - GRU forward, (32, 16, 2): ptxas spills 40 B at 168 registers on sm_80 (Triton 3.6);
+# - LSTM backward, CH = 64: 255 registers and a 24 B spill on sm_80 (Triton 3.9).
+ALL_SHAPES = [(16, 32, 4), (32, 32, 4), (64, 32, 8), (32, 64, 8), (16, 64, 4), (32, 16, 2)]
+FORWARD_SHAPES = {
+    0: [(16, 32, 4), (32, 32, 4), (64, 32, 8), (32, 64, 8), (16, 64, 4)],
+    1: [(16, 32, 4), (32, 32, 4), (64, 32, 8), (32, 16, 2)],
+}
+BACKWARD_SHAPES = {0: ALL_SHAPES, 1: [(16, 32, 4), (32, 32, 4), (32, 64, 8), (16, 64, 4), (32, 16, 2)]}
+SEQUENCE_CONFIGS = _configs(ALL_SHAPES)
+
+
+def _shape(config: triton.Config) -> tuple[int, int, int]:
+    return config.kwargs["CH"], config.kwargs["BN"], config.num_warps
+
+
+def configs_for(shapes_by_cell: dict[int, list[tuple[int, int, int]]], cell_id: int) -> list[triton.Config]:
+    """The autotune configs a kernel tries for one cell."""
+    if interpreter_enabled():
+        return SEQUENCE_CONFIGS
+    allowed = set(shapes_by_cell[cell_id])
+    return [c for c in SEQUENCE_CONFIGS if _shape(c) in allowed]
+
+
+def _per_cell(shapes_by_cell: dict[int, list[tuple[int, int, int]]]) -> dict:
+    """The autotuner's ``prune_configs_by``: only the cell's own tiles (the launch passes CELL)."""
+
+    def prune(configs, named_args, **kwargs):
+        return configs_for(shapes_by_cell, kwargs["CELL"])
+
+    return {"early_config_prune": prune}
+
+
+STEP_SHAPES = [(128, 4), (256, 4), (512, 8)]  # (BN, num_warps) of the decoding step
+STEP_CONFIGS = [triton.Config({"BN": bn}, num_warps=w) for bn, w in STEP_SHAPES]
 if interpreter_enabled():
     STEP_CONFIGS = [triton.Config({"BN": 16}, num_warps=1)]
 MIN_BN = min(c.kwargs["BN"] for c in SEQUENCE_CONFIGS)
@@ -104,7 +140,7 @@ _OPTIONAL_FLAGS = triton.heuristics(
 )
 
 
-@triton.autotune(configs=SEQUENCE_CONFIGS, key=["N", "CELL"])
+@triton.autotune(configs=SEQUENCE_CONFIGS, key=["N", "CELL"], prune_configs_by=_per_cell(FORWARD_SHAPES))
 @_OPTIONAL_FLAGS
 @triton.jit
 def newton_forward_kernel(
@@ -232,7 +268,7 @@ def newton_forward_kernel(
     tl.store(iters_ptr + pid, most_iters)
 
 
-@triton.autotune(configs=SEQUENCE_CONFIGS, key=["N", "CELL"])
+@triton.autotune(configs=SEQUENCE_CONFIGS, key=["N", "CELL"], prune_configs_by=_per_cell(BACKWARD_SHAPES))
 @_OPTIONAL_FLAGS
 @triton.jit
 def adjoint_backward_kernel(
