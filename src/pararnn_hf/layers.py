@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .cells import CELL_NAMES, Cell, gru, lstm
 from .ops.dispatch import BACKENDS, check_backend, compute_dtype, select_method, select_step_method, solver_input
 from .ops.newton import SolveInfo
-from .ops.recurrence import decode_step, solve
+from .ops.recurrence import NonFiniteSolve, decode_step, solve_op
 
 State = Tensor | tuple[Tensor, Tensor]
 
@@ -52,7 +52,8 @@ def check_resets(resets: Tensor | None, where: str) -> Tensor | None:
         return resets
     if resets.is_floating_point() or resets.is_complex():
         raise TypeError(f"{where}: resets must be bool or 0/1 integers, got dtype {resets.dtype}")
-    if resets.numel() and bool(((resets != 0) & (resets != 1)).any()):
+    # (a value check is a host sync, which a compiled graph skips: it keeps the dtype check)
+    if resets.numel() and not torch.compiler.is_compiling() and bool(((resets != 0) & (resets != 1)).any()):
         raise ValueError(f"{where}: resets must hold only 0 and 1 (or be bool); got other values")
     return resets.bool()
 
@@ -239,7 +240,7 @@ class ParaRNNLayer(nn.Module):
         u: Tensor | None = None,
         what: str = "input x",
         otherwise: str = "the recurrent state became NaN/Inf although inputs and parameters are finite",
-    ) -> None:
+    ) -> NoReturn:
         """Name the first non-finite culprit among the input, initial state and parameters."""
         named = ([] if x is None else [(what, x)]) + ([] if s0 is None else [("initial_state", s0)])
         named += [(f"parameter {n}", p) for n, p in self.named_parameters()]
@@ -252,16 +253,6 @@ class ParaRNNLayer(nn.Module):
                 f"{self._label}: the input projection overflowed in {u.dtype} although x and the weights are finite"
             )
         raise FloatingPointError(f"{self._label}: {otherwise}")
-
-    def _check_finite(self, x: Tensor, s0: Tensor, u: Tensor) -> None:
-        """One reduction and one host sync for everything the solve reads. Non-finite values in
-        x at real positions or in B or b saturate the gates and give finite outputs with NaN
-        gradients, so they are refused here rather than trusted to show in the states."""
-        checks = [torch.isfinite(u).all(), torch.isfinite(self.A).all(), torch.isfinite(s0).all()]
-        if self.C is not None:
-            checks.append(torch.isfinite(self.C).all())
-        if not bool(torch.stack(checks).all()):
-            self._raise_non_finite(x, s0, u)
 
     # ----------------------------------------------------------------------------- forward
     def forward(
@@ -292,16 +283,23 @@ class ParaRNNLayer(nn.Module):
         if m is not None:  # padding cannot reach the projection (or its gradients), whatever it holds
             x = torch.where(m.view(batch, time, 1), x, torch.zeros((), dtype=x.dtype, device=x.device))
         u = self.project(x)
-        self._check_finite(x, s0, u)
         method = select_method(self.backend, u, self.state_rows)
         u = solver_input(u, method)
         A = self.A.to(dtype)
         C = None if self.C is None else self.C.to(dtype)
-        s, info = solve(self.cell, u, A, C, s0, m, keep, method, self.newton_max_iterations, self.newton_tolerance)
+        args = (self.cell, u, A, C, s0, m, keep, method, self.newton_max_iterations, self.newton_tolerance, self._label)
+        if torch.compiler.is_compiling():
+            # no host sync in a compiled graph: the op raises on NaN/Inf itself, and the
+            # report stays unread (last_solve_info is not updated, no convergence warning)
+            s, _ = solve_op(*args)
+            return self._outputs(s, x.dtype, return_state)
+        try:
+            s, report = solve_op(*args)
+        except NonFiniteSolve:
+            self._raise_non_finite(x, s0, u)  # eager: name the culprit
+        info = SolveInfo.from_report(method, report)
         info.backend = self.backend
         self.last_solve_info = info
-        if not info.finite:
-            self._raise_non_finite(x, s0)
         if not info.converged and not self._warned_convergence:
             self._warned_convergence = True
             warnings.warn(
@@ -311,11 +309,18 @@ class ParaRNNLayer(nn.Module):
                 ParaRNNConvergenceWarning,
                 stacklevel=2,
             )
-        y = s[..., -1, :].to(x.dtype)
+        return self._outputs(s, x.dtype, return_state)
+
+    def _outputs(self, s: Tensor, dtype: torch.dtype, return_state: bool) -> Tensor | tuple[Tensor, State]:
+        y = s[..., -1, :].to(dtype)
         return (y, self._public_state(s[:, -1])) if return_state else y
 
-    def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """One O(1) recurrence step for decoding: ``x_t`` [batch, input_size] -> ``(y_t, new_state)``."""
+    def step(self, x_t: Tensor, state: State | None = None, mask: Tensor | None = None) -> tuple[Tensor, State]:
+        """One O(1) recurrence step for decoding: ``x_t`` [batch, input_size] -> ``(y_t, new_state)``.
+
+        ``mask`` [batch] (1 = real token, 0 = padding) makes a padded row's step the identity,
+        as in ``forward``; it is applied without a host sync (shapes only), so a step stays
+        capturable in a CUDA graph."""
         self._check_input(x_t, 2, "x_t")
         dtype = compute_dtype(x_t.dtype)
         s0 = self._state_tensor(state, x_t.shape[0], x_t, dtype)
@@ -328,6 +333,11 @@ class ParaRNNLayer(nn.Module):
             s = triton_decode_step(self.cell, u, self.A, self.C, s0)
         else:
             s = decode_step(self.cell, u, self.A.to(dtype), C, s0)
+        if mask is not None:
+            if not isinstance(mask, Tensor) or tuple(mask.shape) != (x_t.shape[0],):
+                got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+                raise ValueError(f"{self._label}: the step mask must have shape ({x_t.shape[0]},); got {got}")
+            s = torch.where((mask != 0).view(-1, 1, 1), s, s0)
         # No check per token: a NaN/Inf that enters the state stays in it at every later step
         # (every update multiplies or adds the previous state), so the latest state tells for
         # all steps since the last check. check_steps() (once per generate()) reads it.

@@ -2,7 +2,7 @@
 
 from .dispatch import BACKENDS, select_method
 from .newton import SolveInfo, default_tolerance, newton_forward
-from .recurrence import adjoint_backward, decode_step, solve
+from .recurrence import NonFiniteSolve, adjoint_backward, decode_step, solve, solve_op
 from .scan import adjoint_scan, parallel_linear_scan, sequential_linear_scan
 from .sequential import sequential_solve
 from .transition import Transition
@@ -11,6 +11,7 @@ __all__ = [
     "adjoint_backward",
     "decode_step",
     "BACKENDS",
+    "NonFiniteSolve",
     "SolveInfo",
     "Transition",
     "adjoint_scan",
@@ -21,4 +22,5 @@ __all__ = [
     "sequential_linear_scan",
     "sequential_solve",
     "solve",
+    "solve_op",
 ]

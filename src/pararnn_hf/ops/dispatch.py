@@ -83,7 +83,7 @@ def select_method(backend: str, u: Tensor, state_rows: int) -> str:
     else:  # the kernels compute in float32: float64 stays on the torch solver
         method = "triton" if triton_usable(u.device.type) and u.dtype != torch.float64 else "torch"
     key = (u.device.type, method)
-    if key not in _logged:
+    if key not in _logged and not torch.compiler.is_compiling():
         _logged.add(key)
         logger.info("pararnn_hf: backend 'auto' runs the %r backend on %s", method, u.device.type)
     return method

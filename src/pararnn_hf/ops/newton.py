@@ -24,6 +24,12 @@ from .scan import parallel_linear_scan
 from .sequential import sequential_solve
 from .transition import Transition, shift_right
 
+REPORT_SIZE = 5
+
+
+def report_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
 
 @dataclass
 class SolveInfo:
@@ -39,6 +45,19 @@ class SolveInfo:
     converged: bool = True
     fallback_from: int | None = None  # first time step re-solved sequentially
     finite: bool = True
+
+    def report(self, device: torch.device) -> Tensor:
+        """The numbers as a small tensor: what the solve op returns beside the states (an op
+        returns tensors only, and a compiled graph must not sync to read them)."""
+        fallback = -1 if self.fallback_from is None else self.fallback_from
+        values = [self.iterations, self.residual, float(self.converged), fallback, float(self.finite)]
+        return torch.tensor(values, dtype=report_dtype(device), device=device)
+
+    @classmethod
+    def from_report(cls, method: str, report: Tensor) -> SolveInfo:
+        iterations, residual, converged, fallback, finite = report.tolist()
+        fallback_from = None if fallback < 0 else int(fallback)
+        return cls(method, None, int(iterations), residual, bool(converged), fallback_from, bool(finite))
 
 
 def state_scales(cell: Cell, s0: Tensor, keep: Tensor | None = None) -> Tensor | None:

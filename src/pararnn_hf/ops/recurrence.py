@@ -1,5 +1,6 @@
-"""The differentiable recurrence: a forward solve (parallel Newton or the loop) and ONE
-reverse adjoint scan for the backward (docs/design.md#backward), so no autograd graph is built over T steps.
+"""The differentiable recurrence: a forward solve (parallel Newton, the loop or the kernels)
+and ONE reverse adjoint scan for the backward (docs/design.md#backward), so no autograd graph
+is built over T steps.
 
 Backward, with ``g_t = dL/ds_t``:
 
@@ -7,6 +8,11 @@ Backward, with ``g_t = dL/ds_t``:
     dL/du_t, dL/dA, dL/dC, dL/ds_{t-1} = vjp of step t at lam_t   (closed form, all t at once)
 
 Only ``u``, the parameters, ``s0`` and the solution ``s`` are saved; gates are recomputed.
+
+Both directions are ``torch.library`` custom ops with fake (shape-only) implementations and a
+registered autograd formula, for every backend: ``torch.compile(fullgraph=True)`` and
+``torch.export`` see one opaque op with known output shapes, whatever data-dependent loop
+(Newton's convergence test, the fallback) runs inside (docs/design.md#compile).
 """
 
 from __future__ import annotations
@@ -14,12 +20,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cells import Cell
+from ..cells import Cell, get_cell
 from .dispatch import METHODS
-from .newton import SolveInfo, newton_forward
+from .newton import REPORT_SIZE, SolveInfo, newton_forward, report_dtype
 from .scan import adjoint_scan
 from .sequential import sequential_solve
 from .transition import Transition, shift_right
+
+# The package registers its ops as pararnn_hf::*; a saved folder's bundled copy under its own
+# private package name, so several copies never collide.
+_NAMESPACE = __name__.split(".")[0].lstrip("_") or "pararnn_hf"
+
+
+class NonFiniteSolve(FloatingPointError):
+    """NaN/Inf in what the solve reads (``inputs=True``) or in the states it produced. The
+    layers turn it into a message naming the culprit when they run eagerly."""
+
+    def __init__(self, message: str, inputs: bool) -> None:
+        super().__init__(message)
+        self.inputs = inputs
 
 
 def decode_step(cell: Cell, u: Tensor, A: Tensor, C: Tensor | None, s0: Tensor) -> Tensor:
@@ -48,6 +67,138 @@ def adjoint_backward(
     return du, dA, dC, d_prev[:, 0]
 
 
+def forward_solve(
+    cell: Cell,
+    u: Tensor,
+    A: Tensor,
+    C: Tensor | None,
+    s0: Tensor,
+    mask: Tensor | None,
+    keep: Tensor | None,
+    method: str,
+    max_iterations: int,
+    tolerance: float | None,
+) -> tuple[Tensor, SolveInfo]:
+    """The states by the backend ``method`` (one of ``METHODS``), not differentiable."""
+    if method == "triton":
+        from .triton.solve import triton_newton_forward
+
+        return triton_newton_forward(cell, u, A, C, s0, mask, keep, max_iterations, tolerance)
+    if method == "torch":
+        return newton_forward(cell, u, A, C, s0, mask, keep, max_iterations, tolerance)
+    s = sequential_solve(cell, u, A, C, s0, mask, keep)
+    finite = bool(torch.isfinite(s).all()) if s.numel() else True
+    return s, SolveInfo("sequential", finite=finite)
+
+
+def _inputs_finite(u: Tensor, A: Tensor, C: Tensor | None, s0: Tensor) -> bool:
+    """One reduction and one host sync for everything the solve reads. Non-finite values in
+    ``u`` (x at real positions, B or b) saturate the gates and give finite outputs with NaN
+    gradients, so they are refused rather than trusted to show in the states."""
+    checks = [torch.isfinite(u).all(), torch.isfinite(A).all(), torch.isfinite(s0).all()]
+    if C is not None:
+        checks.append(torch.isfinite(C).all())
+    return bool(torch.stack(checks).all())
+
+
+@torch.library.custom_op(f"{_NAMESPACE}::recurrence_forward", mutates_args=())
+def _forward_op(
+    u: Tensor,
+    A: Tensor,
+    C: Tensor | None,
+    s0: Tensor,
+    mask: Tensor | None,
+    keep: Tensor | None,
+    cell: str,
+    method: str,
+    max_iterations: int,
+    tolerance: float | None,
+    label: str,
+) -> tuple[Tensor, Tensor]:
+    if not _inputs_finite(u, A, C, s0):
+        raise NonFiniteSolve(
+            f"{label}: NaN or Inf in what the recurrence reads (the input projection B·x + b at a real "
+            "position, A, C or the initial state)",
+            inputs=True,
+        )
+    s, info = forward_solve(get_cell(cell), u, A, C, s0, mask, keep, method, max_iterations, tolerance)
+    if not info.finite:
+        raise NonFiniteSolve(
+            f"{label}: the recurrent state became NaN/Inf although inputs and parameters are finite", inputs=False
+        )
+    return s, info.report(u.device)
+
+
+@_forward_op.register_fake
+def _forward_fake(u, A, C, s0, mask, keep, cell, method, max_iterations, tolerance, label):
+    B, T, _, N = u.shape
+    s = u.new_empty((B, T, s0.shape[1], N), dtype=s0.dtype)
+    return s, u.new_empty((REPORT_SIZE,), dtype=report_dtype(u.device))
+
+
+@torch.library.custom_op(f"{_NAMESPACE}::recurrence_backward", mutates_args=())
+def _backward_op(
+    u: Tensor,
+    A: Tensor,
+    C: Tensor | None,
+    s0: Tensor,
+    s: Tensor,
+    mask: Tensor | None,
+    keep: Tensor | None,
+    grad_s: Tensor,
+    cell: str,
+    method: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    backward = adjoint_backward
+    if method == "triton":
+        from .triton.solve import triton_adjoint_backward as backward
+    du, dA, dC, ds0 = backward(get_cell(cell), u, A, C, s0, s, mask, keep, grad_s.contiguous())
+    # an op returns tensors only, none aliasing another: an empty dC stands for "no C"
+    dC = A.new_empty(0) if dC is None else dC
+    return du.contiguous(), dA.contiguous(), dC.contiguous(), ds0.contiguous()
+
+
+@_backward_op.register_fake
+def _backward_fake(u, A, C, s0, s, mask, keep, grad_s, cell, method):
+    dC = A.new_empty(0) if C is None else torch.empty_like(C)
+    return torch.empty_like(u), torch.empty_like(A), dC, torch.empty_like(s0)
+
+
+def _setup_context(ctx, inputs, output):
+    u, A, C, s0, mask, keep, cell, method, *_ = inputs
+    ctx.cell, ctx.method, ctx.has_C = cell, method, C is not None
+    ctx.save_for_backward(u, A, C, s0, output[0], mask, keep)
+
+
+def _backward(ctx, grad_s, _grad_report):
+    u, A, C, s0, s, mask, keep = ctx.saved_tensors
+    du, dA, dC, ds0 = _backward_op(u, A, C, s0, s, mask, keep, grad_s, ctx.cell, ctx.method)
+    return du, dA, (dC if ctx.has_C else None), ds0, None, None, None, None, None, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def solve_op(
+    cell: Cell,
+    u: Tensor,
+    A: Tensor,
+    C: Tensor | None,
+    s0: Tensor,
+    mask: Tensor | None = None,
+    keep: Tensor | None = None,
+    method: str = "torch",
+    max_iterations: int = 8,
+    tolerance: float | None = None,
+    label: str = "recurrence",
+) -> tuple[Tensor, Tensor]:
+    """States ``[B, T, k, N]`` and the solve's report tensor (``SolveInfo.from_report``) without
+    a host sync outside the op: what compiled code calls. Raises ``NonFiniteSolve``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown solve method {method!r}; expected one of {METHODS}")
+    return _forward_op(u, A, C, s0, mask, keep, cell.NAME, method, max_iterations, tolerance, label)
+
+
 def solve(
     cell: Cell,
     u: Tensor,
@@ -60,45 +211,7 @@ def solve(
     max_iterations: int = 8,
     tolerance: float | None = None,
 ) -> tuple[Tensor, SolveInfo]:
-    """All states ``[B, T, k, N]`` from ``u`` ``[B, T, G, N]`` and ``s0`` ``[B, k, N]``.
-
-    Differentiable in ``u``, ``A``, ``C`` and ``s0`` through the adjoint backward.
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown solve method {method!r}; expected one of {METHODS}")
-    # autograd.Function.apply passes tensors through; the solve's report (a plain object)
-    # comes back through this list, which forward appends to.
-    info_box: list[SolveInfo] = []
-    s = _Recurrence.apply(cell, method, max_iterations, tolerance, info_box, u, A, C, s0, mask, keep)
-    return s, info_box[0]
-
-
-def forward_solve(cell, u, A, C, s0, mask, keep, method, max_iterations, tolerance):
-    if method == "triton":
-        from .triton.solve import triton_newton_forward
-
-        return triton_newton_forward(cell, u, A, C, s0, mask, keep, max_iterations, tolerance)
-    if method == "torch":
-        return newton_forward(cell, u, A, C, s0, mask, keep, max_iterations, tolerance)
-    s = sequential_solve(cell, u, A, C, s0, mask, keep)
-    finite = bool(torch.isfinite(s).all()) if s.numel() else True
-    return s, SolveInfo("sequential", finite=finite)
-
-
-class _Recurrence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, cell, method, max_iterations, tolerance, info_box, u, A, C, s0, mask, keep):
-        s, info = forward_solve(cell, u, A, C, s0, mask, keep, method, max_iterations, tolerance)
-        info_box.append(info)
-        ctx.cell, ctx.method = cell, method
-        ctx.save_for_backward(u, A, C, s0, s, mask, keep)
-        return s
-
-    @staticmethod
-    def backward(ctx, grad_s):
-        u, A, C, s0, s, mask, keep = ctx.saved_tensors
-        backward = adjoint_backward
-        if ctx.method == "triton":
-            from .triton.solve import triton_adjoint_backward as backward
-        du, dA, dC, ds0 = backward(ctx.cell, u, A, C, s0, s, mask, keep, grad_s)
-        return None, None, None, None, None, du, dA, dC, ds0, None, None
+    """All states ``[B, T, k, N]`` from ``u`` ``[B, T, G, N]`` and ``s0`` ``[B, k, N]``, and what
+    the solve did. Differentiable in ``u``, ``A``, ``C`` and ``s0`` through the adjoint backward."""
+    s, report = solve_op(cell, u, A, C, s0, mask, keep, method, max_iterations, tolerance)
+    return s, SolveInfo.from_report(method, report)
