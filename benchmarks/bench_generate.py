@@ -10,6 +10,10 @@ as generate() emits it, so the prefill is excluded. Batch 1.
 Usage:
   python benchmarks/bench_generate.py                      # CPU, ~4.3M-parameter models
   python benchmarks/bench_generate.py --device cuda --size 400m --dtype bfloat16 [--compile]
+
+--compile adds, for the ParaRNN models, decoding through pararnn_hf.decoding (one CUDA graph
+replay per token on CUDA, one compiled step on CPU), timed beside generate() in the same
+process, with how many of its tokens equal generate()'s.
 """
 
 from __future__ import annotations
@@ -90,71 +94,26 @@ class TimingStreamer:
         return (self.times[-1] - self.times[1]) / (len(self.times) - 2)
 
 
-def graph_decode(model, prompt: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, float]:
-    """Greedy decoding of a ParaRNN model with each token step replayed from one CUDA graph.
+def fast_decode(model, prompt: torch.Tensor, new_tokens: int, sync) -> tuple[torch.Tensor, float, str]:
+    """Greedy decoding through ``pararnn_hf.decoding.GreedyDecoder`` (mode "auto": each token
+    one CUDA-graph replay on CUDA, one compiled step on CPU). Returns the new tokens (the
+    prefill's argmax first, as ``generate`` gives them), seconds per token of the steps alone
+    after the first few (which compile) and the mode."""
+    from pararnn_hf.decoding import GreedyDecoder
 
-    The recurrent cache is O(1), so a step reads and writes fixed-size buffers: the graph
-    reads the cache from static tensors, and its last kernels copy the new states back into
-    them, append the argmax to a token buffer and feed it to the next replay. Returns the
-    new tokens (prefill's argmax first, as ``generate`` gives them) and seconds per token of
-    the replays alone."""
-    from pararnn_hf.modeling.modeling_pararnn import CACHE_FIELD
-
-    out = model(prompt, use_cache=True, logits_to_keep=1)
-    cache = getattr(out, CACHE_FIELD)
-
-    def clone_state(s):
-        return s.clone() if isinstance(s, torch.Tensor) else tuple(t.clone() for t in s)
-
-    def copy_state(dst, src):
-        pairs = [(dst, src)] if isinstance(dst, torch.Tensor) else zip(dst, src)
-        for d, t in pairs:
-            d.copy_(t)
-
-    prefilled = ([t.clone() for t in cache.conv_states], [clone_state(s) for s in cache.rnn_states])
-    conv = [t.clone() for t in prefilled[0]]
-    rnn = [clone_state(s) for s in prefilled[1]]
-    first = out.logits[:, -1].argmax(-1, keepdim=True)
-    ids = first.clone()
-    tokens = torch.zeros(new_tokens, dtype=torch.long, device=prompt.device)
-    pos = torch.zeros(1, dtype=torch.long, device=prompt.device)
-
-    def step() -> None:
-        cache.conv_states, cache.rnn_states = list(conv), list(rnn)
-        logits = model(ids, cache=cache, use_cache=True).logits
-        nxt = logits[:, -1].argmax(-1, keepdim=True)
-        for d, t in zip(conv, cache.conv_states):
-            d.copy_(t)
-        for d, t in zip(rnn, cache.rnn_states):
-            copy_state(d, t)
-        pos.add_(1)
-        tokens.index_copy_(0, pos, nxt[0])
-        ids.copy_(nxt)
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # warm-up outside the graph: autotuning, allocator pools
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    # the warm-up advanced the state: start again from the prefilled cache
-    for d, t in zip(conv, prefilled[0]):
-        d.copy_(t)
-    for d, t in zip(rnn, prefilled[1]):
-        copy_state(d, t)
-    ids.copy_(first)
-    tokens.zero_()
-    tokens[0] = first[0, 0]
-    pos.zero_()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(new_tokens - 1):
-        graph.replay()
-    torch.cuda.synchronize()
-    return tokens, (time.perf_counter() - t0) / max(new_tokens - 1, 1)
+    warm = 3  # the first steps compile (CPU) or follow the capture (CUDA): not timed
+    decoder = GreedyDecoder(model, prompt, mode="auto")
+    ids, tokens = decoder.first, [decoder.first]
+    for i in range(max(new_tokens - 1, warm + 1)):
+        if i == warm:
+            sync()
+            t0 = time.perf_counter()
+        ids = decoder.step(ids)
+        tokens.append(ids)
+    sync()
+    seconds = (time.perf_counter() - t0) / (len(tokens) - 1 - warm)
+    decoder.finish()
+    return torch.cat(tokens, dim=1)[0], seconds, decoder.mode
 
 
 def _rss_mb() -> float:
@@ -174,8 +133,6 @@ def worker(args: argparse.Namespace) -> None:
     model = model.to(dtype=dtype).eval()
     if args.prefill_chunk_size and args.model.startswith("pararnn"):
         model.config.recurrent_prefill_chunk_size = args.prefill_chunk_size
-    if args.compile:
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", dynamic=True)
     params = sum(p.numel() for p in model.parameters())
     vocab = model.config.vocab_size
     prompt = torch.randint(3, vocab, (1, args.context), device=device)
@@ -204,19 +161,20 @@ def worker(args: argparse.Namespace) -> None:
         model.generate(prompt[:, :16], **gen_kwargs)  # warm-up of the decode path
         streamer = TimingStreamer(sync)
         eager_tokens = model.generate(prompt, streamer=streamer, **gen_kwargs)[0, args.context :]
-        graph = {}
-        if args.graphs and device.type == "cuda" and args.model.startswith("pararnn"):
+        fast = {}
+        if args.compile and args.model.startswith("pararnn"):
             try:
-                tokens, graph_s = graph_decode(model, prompt, args.graph_tokens)
+                tokens, fast_s, mode = fast_decode(model, prompt, args.fast_tokens, sync)
                 n = min(len(tokens), len(eager_tokens))
-                graph = {
-                    "graph_decode_tok_s": 1 / graph_s,
-                    "graph_decode_ms": graph_s * 1e3,
-                    "graph_tokens_match_eager": int((tokens[:n] == eager_tokens[:n]).sum()),
-                    "graph_tokens_compared": n,
+                fast = {
+                    "fast_mode": mode,
+                    "fast_decode_tok_s": 1 / fast_s,
+                    "fast_decode_ms": fast_s * 1e3,
+                    "fast_tokens_match_eager": int((tokens[:n] == eager_tokens[:n]).sum()),
+                    "fast_tokens_compared": n,
                 }
             except Exception as err:  # report it in the table; the eager numbers still count
-                graph = {"graph_error": f"{type(err).__name__}: {err}"[:200]}
+                fast = {"fast_error": f"{type(err).__name__}: {err}"[:200]}
     decode_s = streamer.seconds_per_token()
     if device.type == "cuda":
         peak_mb = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
@@ -232,7 +190,7 @@ def worker(args: argparse.Namespace) -> None:
                 "decode_tok_s": 1 / decode_s,
                 "decode_ms": decode_s * 1e3,
                 "peak_mb": max(peak_mb, 0.0),
-                **graph,
+                **fast,
             }
         )
     )
@@ -247,9 +205,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the forward (GPU)")
-    parser.add_argument("--graphs", action="store_true", help="also time ParaRNN decoding replayed from a CUDA graph")
-    parser.add_argument("--graph-tokens", type=int, default=128, help="tokens decoded with --graphs")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time ParaRNN decoding by pararnn_hf.decoding (CUDA graph per token on CUDA, compiled step on CPU)",
+    )
+    parser.add_argument("--fast-tokens", type=int, default=128, help="tokens decoded with --compile")
     parser.add_argument("--prefill-chunk-size", type=int, default=None, help="ParaRNN recurrent_prefill_chunk_size")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per (model, context)")
     parser.add_argument("--out", default="benchmarks/results/bench_generate.json")
@@ -266,7 +227,7 @@ def main() -> None:
     )
     print(
         f"{'model':<13} {'params':>7} {'context':>7} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak MB':>8}"
-        + (f" {'graph tok/s':>12} {'= eager':>8}" if args.graphs else "")
+        + (f" {'fast tok/s':>11} {'mode':<10} {'= eager':>8}" if args.compile else "")
     )
     rows = []
     for name in args.models:
@@ -287,9 +248,9 @@ def main() -> None:
                 str(args.new_tokens),
                 "--repeats",
                 str(args.repeats),
-            ] + (["--compile"] if args.compile else [])
-            if args.graphs:
-                cmd += ["--graphs", "--graph-tokens", str(args.graph_tokens)]
+            ]
+            if args.compile:
+                cmd += ["--compile", "--fast-tokens", str(args.fast_tokens)]
             if args.prefill_chunk_size:
                 cmd += ["--prefill-chunk-size", str(args.prefill_chunk_size)]
             try:
@@ -309,10 +270,10 @@ def main() -> None:
                 f"{name:<13} {row['params'] / 1e6:6.1f}M {context:>7} {row['prefill_tok_s']:>14,.0f} "
                 f"{row['decode_tok_s']:>13,.1f} {row['peak_mb']:>8.1f}"
                 + (
-                    f" {row['graph_decode_tok_s']:>12,.1f} "
-                    f"{row['graph_tokens_match_eager']:>4}/{row['graph_tokens_compared']}"
-                    if "graph_decode_tok_s" in row
-                    else (f" graph failed: {row['graph_error']}" if "graph_error" in row else "")
+                    f" {row['fast_decode_tok_s']:>11,.1f} {row['fast_mode']:<10} "
+                    f"{row['fast_tokens_match_eager']:>4}/{row['fast_tokens_compared']}"
+                    if "fast_decode_tok_s" in row
+                    else (f" fast decode failed: {row['fast_error']}" if "fast_error" in row else "")
                 )
             )
     out = Path(args.out)
@@ -323,7 +284,6 @@ def main() -> None:
         "size": args.size,
         "dtype": args.dtype,
         "compile": args.compile,
-        "graphs": args.graphs,
         "prefill_chunk_size": args.prefill_chunk_size,
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

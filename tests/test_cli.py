@@ -24,6 +24,21 @@ def test_generate_streams_the_greedy_continuation(tmp_path, capsys):
     assert printed.strip() == tok.decode(expected[0], skip_special_tokens=True).strip()
 
 
+def test_generate_compile_prints_the_same_greedy_text(tmp_path, capsys):
+    import pytest
+
+    model, tok = tiny_model("gru"), tiny_tokenizer()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    base = ["generate", "--model", str(tmp_path), "--prompt", "import os", "--max-new-tokens", "9"]
+    assert main(base) == 0
+    streamed = capsys.readouterr().out
+    assert main([*base, "--compile"]) == 0
+    assert capsys.readouterr().out.strip() == streamed.strip()
+    with pytest.raises(SystemExit, match="--compile decodes greedily"):
+        main([*base, "--compile", "--do-sample"])
+
+
 def test_generate_with_beams_and_sampling_options(tmp_path, capsys):
     model, tok = tiny_model("gru"), tiny_tokenizer()
     model.save_pretrained(tmp_path)

@@ -108,12 +108,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise SystemExit(f"pararnn-hf generate: --max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.num_beams < 1:
         raise SystemExit(f"pararnn-hf generate: --num-beams must be at least 1, got {args.num_beams}")
+    if args.compile and (args.do_sample or args.num_beams != 1 or args.repetition_penalty != 1.0):
+        raise SystemExit(
+            "pararnn-hf generate: --compile decodes greedily; drop --do-sample, --num-beams and --repetition-penalty"
+        )
     model, tokenizer = _load_model_and_tokenizer("generate", args.model, args.dtype, args.device)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     inputs = tokenizer([args.prompt], return_tensors="pt").to(args.device)
     if inputs["input_ids"].shape[1] == 0:
         raise SystemExit("pararnn-hf generate: the prompt is empty (no tokens); give --prompt some text")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if args.compile:  # one compiled (CPU) or CUDA-graph step per token; printed at the end
+        from .decoding import greedy_generate
+
+        output = greedy_generate(
+            model, inputs["input_ids"], inputs.get("attention_mask"), args.max_new_tokens, pad_token_id=pad_id
+        )
+        print(tokenizer.decode(output[0], skip_special_tokens=True))
+        return 0
     streamer = TextStreamer(tokenizer, skip_special_tokens=True) if args.num_beams == 1 else None
     output = model.generate(
         **inputs,
@@ -124,7 +137,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         num_beams=args.num_beams,
         repetition_penalty=args.repetition_penalty,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        pad_token_id=pad_id,
         streamer=streamer,
     )
     if streamer is None:  # beam search cannot stream: print the winner
@@ -355,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-beams", type=int, default=1)
     gen.add_argument("--repetition-penalty", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument(
+        "--compile",
+        action="store_true",
+        help="greedy decoding with one compiled step per token (a CUDA graph on CUDA); same tokens, faster",
+    )
     gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="float32")
     gen.add_argument("--device", default="cpu")
     gen.set_defaults(func=cmd_generate)

@@ -40,13 +40,18 @@ def _output_with_cache(cls: type, cache: Any, **fields: Any):
 
 class ParaRNNCache:
     """The recurrent cache: per layer the conv tail (last ``conv_kernel - 1`` conv inputs) and
-    the cell state (h, or (c, h)) in fp32. O(1) in the context length.
+    the cell state (h, or (c, h)) in fp32 (fp64 for fp64 models). O(1) in the context length.
+
+    Every tensor is allocated once and updated in place (``update``), so a decoding step reads
+    and writes fixed buffers: it can be compiled or captured in a CUDA graph (the storage of
+    ``conv_states`` and ``rnn_states`` never changes while decoding; beam reordering and batch
+    selection build new ones, as they must).
 
     Not a ``transformers.Cache``: those are key/value caches, and the stock "linear attention"
     route drops or mishandles recurrent state on some 5.x releases (docs/design.md#cache).
     """
 
-    is_compileable = False  # its state tensors are replaced, not updated in place
+    is_compileable = True
 
     def __init__(self, config: ParaRNNConfig, batch_size: int, dtype: torch.dtype, device: torch.device | str):
         self.num_layers = config.num_hidden_layers
@@ -54,9 +59,31 @@ class ParaRNNCache:
         self.conv_states: list[torch.Tensor] = [
             torch.zeros(batch_size, k, config.d_inner, dtype=dtype, device=device) for _ in range(self.num_layers)
         ]
-        # Cell states start as None: the layers read None as the zero state.
-        self.rnn_states: list[Any] = [None] * self.num_layers
+        rows = len(CELL_CLASSES[config.cell].cell.STATE_ROWS)
+        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+
+        def zero_state():
+            return torch.zeros(batch_size, config.d_inner, dtype=state_dtype, device=device)
+
+        # the layers' public state: h for the GRU, (c, h) for the LSTM
+        self.rnn_states: list[Any] = [
+            zero_state() if rows == 1 else tuple(zero_state() for _ in range(rows)) for _ in range(self.num_layers)
+        ]
         self.seen_tokens = 0
+
+    def update(self, layer_idx: int, conv_state: torch.Tensor, rnn_state: Any) -> None:
+        """Write one layer's new states into the cache's buffers (in place). A state that is
+        part of an autograd graph replaces the buffer instead: writing it in place would make
+        the buffer a node of the graph that later steps overwrite."""
+        old_conv, old_rnn = self.conv_states[layer_idx], self.rnn_states[layer_idx]
+        new = [conv_state, *(rnn_state if isinstance(rnn_state, tuple) else (rnn_state,))]
+        old = [old_conv, *(old_rnn if isinstance(old_rnn, tuple) else (old_rnn,))]
+        in_graph = torch.is_grad_enabled() and any(t.requires_grad for t in new)
+        if in_graph or any(o.requires_grad or o.shape != t.shape or o.dtype != t.dtype for o, t in zip(old, new)):
+            self.conv_states[layer_idx], self.rnn_states[layer_idx] = conv_state, rnn_state
+            return
+        for o, t in zip(old, new):
+            o.copy_(t)
 
     def __len__(self) -> int:
         return self.num_layers
@@ -158,8 +185,8 @@ class ParaRNNMixer(nn.Module):
         xp = torch.cat([conv_state.to(x.dtype), x], dim=1)
         new_conv_state = xp[:, xp.shape[1] - (K - 1) :]
         x = F.silu(causal_depthwise_conv(xp, self.conv.weight, self.conv.bias, resets))
-        if x.shape[1] == 1 and mask is None and resets is None:
-            y, new_rnn_state = self.cell.step(x[:, 0], rnn_state)  # decoding: one O(1) step
+        if x.shape[1] == 1 and resets is None:  # decoding: one O(1) step
+            y, new_rnn_state = self.cell.step(x[:, 0], rnn_state, mask=None if mask is None else mask[:, 0])
             y = y.unsqueeze(1)
         else:
             y, new_rnn_state = self.cell(x, initial_state=rnn_state, mask=mask, resets=resets, return_state=True)
@@ -331,7 +358,7 @@ class ParaRNNModel(ParaRNNPreTrainedModel):
                 rnn_state = cache.rnn_states[i] if cache is not None else None
                 h, conv_state, rnn_state = layer(h, m, r, conv_state, rnn_state)
                 if cache is not None:
-                    cache.conv_states[i], cache.rnn_states[i] = conv_state, rnn_state
+                    cache.update(i, conv_state, rnn_state)
             outputs.append(self.norm(h))
             if cache is not None:
                 cache.seen_tokens += stop - start
@@ -354,8 +381,9 @@ class ParaRNNModel(ParaRNNPreTrainedModel):
                 f"ParaRNNModel: attention_mask must be 2-D [batch={B}, length >= {T}]; "
                 f"got {tuple(attention_mask.shape)}"
             )
-        mask = attention_mask[:, -T:]
-        return None if bool(mask.all()) else mask
+        # kept even when it is all ones: finding that out would be a host sync per forward
+        # (and per decoded token), and an all-ones mask costs one select per step
+        return attention_mask[:, -T:]
 
 
 class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
@@ -394,6 +422,18 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
+
+    def decode_step(self, input_ids: torch.Tensor, cache: ParaRNNCache) -> torch.Tensor:
+        """One token per row, ``input_ids`` [B, 1], through every layer's O(1) step: returns the
+        next-token logits [B, vocab] and updates ``cache`` in place. No host sync, no Python
+        branch on tensor values and fixed shapes, so a compiler or a CUDA graph can capture it
+        (``pararnn_hf.decoding``). ``cache.seen_tokens`` is left to the caller: a captured step
+        cannot count. Every row is a real token (padding only ever sits in the prompt)."""
+        hidden = self.model.embed_tokens(input_ids)
+        for i, layer in enumerate(self.model.layers):
+            hidden, conv_state, rnn_state = layer(hidden, None, None, cache.conv_states[i], cache.rnn_states[i])
+            cache.update(i, conv_state, rnn_state)
+        return self.lm_head(self.model.norm(hidden))[:, -1]
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
