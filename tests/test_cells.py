@@ -9,6 +9,9 @@ from pararnn_hf import ParaGRU, ParaLSTM
 from pararnn_hf.cells import get_cell, gru, lstm
 from pararnn_hf.ops.transition import Transition
 
+# pure torch: CI's second pass (another transformers release) skips it
+pytestmark = pytest.mark.torch_only
+
 
 def spec_projection(x, B, b, H):
     """u[:, g, h*(N/H)+j] = sum_i x[:, h*d+i] B[h, i, g, j] + b[g, h*(N/H)+j], as explicit loops."""

@@ -54,6 +54,7 @@ def test_batch_size_does_not_change_scores(model_dir):
         assert one[task][key] == pytest.approx(four[task][key], abs=1e-9), (task, key)
 
 
+@pytest.mark.once  # end to end: CI runs it on one transformers release
 def test_stock_hf_route_gives_the_same_scores(model_dir, tmp_path):
     tasks_dir = write_local_tasks(tmp_path / "tasks")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "mods"))

@@ -14,6 +14,9 @@ from pararnn_hf.ops.scan import (
     sequential_reverse_linear_scan,
 )
 
+# pure torch: CI's second pass (another transformers release) skips it
+pytestmark = pytest.mark.torch_only
+
 LENGTHS = [1, 2, 3, 7, 63, 64, 65, 1000]
 
 

@@ -213,6 +213,7 @@ def _losses(folder: Path) -> list[float]:
     return [e["loss"] for e in json.loads((folder / "log_history.json").read_text()) if "loss" in e]
 
 
+@pytest.mark.once  # end to end: CI runs it on one transformers release
 def test_two_process_gloo_run_matches_one_process(tmp_path, corpus_dir):
     """DDP over 2 CPU processes with 2 sequences each = 1 process with 4 (same global batch)."""
     config = tiny_config_file(tmp_path)
@@ -293,6 +294,7 @@ def test_two_process_gloo_run_matches_one_process(tmp_path, corpus_dir):
     assert torch.allclose(torch.tensor(two), torch.tensor(one), rtol=1e-4), (one, two)
 
 
+@pytest.mark.once  # end to end: CI runs it on one transformers release
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, PARARNN_HF_CACHE=str(tmp_path / "cache"))
