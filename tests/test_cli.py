@@ -86,3 +86,79 @@ def test_eval_offers_every_backend():
     for backend in BACKENDS:
         args = build_parser().parse_args(["eval", "--model", "m", "--solver-backend", backend])
         assert args.solver_backend == backend
+
+
+HELP_COMMANDS = [
+    ["info"],
+    ["demo"],
+    ["train"],
+    ["convert", "from-reference"],
+    ["convert", "to-reference"],
+    ["convert", "from-llama"],
+    ["eval"],
+    ["card"],
+    ["generate"],
+]
+
+
+def _help(argv, capsys) -> str:
+    import pytest
+
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_every_long_option_answers_to_both_spellings(capsys):
+    """transformers users type --max-new-tokens, lm_eval and TrainingArguments users
+    --max_new_tokens: every subcommand's --help lists both for each long option."""
+    import re
+
+    for argv in HELP_COMMANDS:
+        text = _help(argv, capsys)
+        options = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", text))
+        assert options, argv
+        for option in options:
+            body = option[2:]
+            if "-" in body or "_" in body:
+                other = "--" + (body.replace("-", "_") if "-" in body else body.replace("_", "-"))
+                assert other in options, f"{' '.join(argv)}: {option} without {other}"
+
+
+def test_underscore_spellings_parse_to_the_same_arguments():
+    from pararnn_hf.cli import build_parser
+
+    dashed = build_parser().parse_args(["generate", "--model", "m", "--prompt", "p", "--max-new-tokens", "5"])
+    under = build_parser().parse_args(["generate", "--model", "m", "--prompt", "p", "--max_new_tokens", "5"])
+    assert vars(dashed) == vars(under) and under.max_new_tokens == 5
+
+
+def test_version_flag(capsys):
+    import pytest
+
+    from pararnn_hf import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"pararnn-hf {__version__}"
+
+
+def test_lm_eval_output_path_meaning(tmp_path):
+    from pararnn_hf.cli import lm_eval_output_file
+
+    assert lm_eval_output_file(str(tmp_path / "r.json"), "/models/m") == str(tmp_path / "r.json")
+    folder_form = lm_eval_output_file(str(tmp_path / "out"), "/models/m")
+    assert folder_form.startswith(str(tmp_path / "out" / "__models__m" / "results_")) and folder_form.endswith(".json")
+    assert lm_eval_output_file(None, "m") is None
+
+
+def test_card_names_the_model_once(model_dir):
+    import pytest
+
+    assert main(["card", "--model", str(model_dir)]) == 0
+    assert main(["card", str(model_dir)]) == 0  # the positional form still works
+    with pytest.raises(SystemExit, match="give the model folder once"):
+        main(["card", str(model_dir), "--model", str(model_dir / "x")])
+    with pytest.raises(SystemExit, match="which model folder"):
+        main(["card"])

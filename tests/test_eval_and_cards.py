@@ -12,7 +12,7 @@ import torch
 from helpers import tiny_model, tiny_tokenizer
 from pararnn_hf import ParaRNNConfig, ParaRNNForCausalLM
 from pararnn_hf.cli import main
-from pararnn_hf.eval import LOCAL_TASKS, run_eval, write_local_tasks
+from pararnn_hf.eval import LOCAL_TASKS, run_eval, tasks_path, write_local_tasks
 from pararnn_hf.model_cards import CardError, preset_files, render_card, validate_card_text, write_card
 from pararnn_hf.presets import count_parameters, preset_config
 
@@ -29,6 +29,18 @@ def model_dir(tmp_path_factory):
 def results(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("evalresults") / "results.json"
     return run_eval(str(model_dir), ["pararnn_stdlib"], output=str(out), batch_size=4, limit=6), out
+
+
+@pytest.fixture(scope="module")
+def full_results(results, tmp_path_factory):
+    """The same numbers recorded as a run on whole tasks (no --limit): what a card may publish
+    as metadata. (Evaluating the bundled tasks in full would take minutes on the CPU.)"""
+    data = json.loads(results[1].read_text())
+    data["config"]["limit"] = None
+    data["n-samples"] = {t: {"original": 10, "effective": 10} for t in data["results"]}
+    out = tmp_path_factory.mktemp("evalresults") / "full.json"
+    out.write_text(json.dumps(data))
+    return out
 
 
 def test_bundled_tasks_run_offline(results):
@@ -56,7 +68,12 @@ def test_batch_size_does_not_change_scores(model_dir):
 
 @pytest.mark.once  # end to end: CI runs it on one transformers release
 def test_stock_hf_route_gives_the_same_scores(model_dir, tmp_path):
-    tasks_dir = write_local_tasks(tmp_path / "tasks")
+    # the installed task folder as it is, from another working directory (as the README says)
+    printed = subprocess.run(
+        [sys.executable, "-m", "pararnn_hf.cli", "eval", "--print-tasks-path"], capture_output=True, text=True
+    )
+    tasks_dir = printed.stdout.strip()
+    assert tasks_dir == str(tasks_path())
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "mods"))
     proc = subprocess.run(
         [
@@ -100,8 +117,8 @@ def test_unknown_task_and_missing_model(model_dir, tmp_path):
         run_eval(str(tmp_path), ["pararnn_stdlib_ppl"])
 
 
-def test_results_reach_a_valid_card(model_dir, results, tmp_path):
-    _, path = results
+def test_results_reach_a_valid_card(model_dir, full_results, tmp_path):
+    path = full_results
     text = render_card(model_dir, path, repo_id="someone/tiny-gru")
     validate_card_text(text)
     from huggingface_hub import ModelCard
@@ -124,10 +141,33 @@ def test_results_reach_a_valid_card(model_dir, results, tmp_path):
         (lambda t: t.replace("      value: ", "      valu: ", 1), "model-index does not parse"),
     ],
 )
-def test_bad_card_metadata_is_rejected(model_dir, results, edit, match):
-    text = render_card(model_dir, results[1])
+def test_bad_card_metadata_is_rejected(model_dir, full_results, edit, match):
+    text = render_card(model_dir, full_results)
     with pytest.raises(CardError, match=match):
         validate_card_text(edit(text))
+
+
+def test_limited_results_are_labelled_and_kept_out_of_the_metadata(model_dir, results):
+    """Numbers from --limit runs are estimates: the card says on how much, and model-index
+    (what the Hub shows as the model's scores) holds only results on whole tasks."""
+    summary, path = results
+    text = render_card(model_dir, path)
+    validate_card_text(text)
+    assert "model-index" not in text
+    counts = summary["n-samples"]["pararnn_stdlib_nextline"]
+    assert counts["effective"] == 6 < counts["original"]
+    assert f"| pararnn_stdlib_nextline (on 6 of {counts['original']} examples) | accuracy |" in text
+    assert "evaluated with `--limit`" in text
+
+
+def test_card_takes_the_training_context_from_the_run(model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    assert "| training context | not recorded (the config's max_position_embeddings hint is" in render_card(folder)
+    (folder / "train_summary.json").write_text(json.dumps({"seq_len": 64, "corpus": "x", "train_loss": 1.0}))
+    assert "| training context | 64 tokens (the sequence length it was trained on;" in render_card(folder)
 
 
 def test_write_card_keeps_a_users_readme(model_dir, tmp_path):
@@ -145,19 +185,20 @@ def test_write_card_keeps_a_users_readme(model_dir, tmp_path):
 
 
 def test_cli_eval_then_card(model_dir, tmp_path, capsys):
+    """lm_eval's flag spellings and --output_path meaning (a folder gets <model>/results_*.json),
+    then the card from those results, naming the model with --model as everywhere else."""
     import shutil
 
     folder = tmp_path / "m"
     shutil.copytree(model_dir, folder)
-    assert (
-        main(
-            ["eval", "--model", str(folder), "--tasks", "pararnn_stdlib_nextline", "--limit", "4", "--batch-size", "2"]
-        )
-        == 0
-    )
-    assert (folder / "eval_results.json").is_file() and "pararnn_stdlib_nextline" in capsys.readouterr().out
-    assert main(["card", str(folder), "--results", str(folder / "eval_results.json")]) == 0
-    assert "model-index" in (folder / "README.md").read_text()
+    argv = ["eval", "--model", str(folder), "--tasks", "pararnn_stdlib_nextline", "--limit", "4", "--batch_size", "2"]
+    assert main([*argv, "--output_path", str(tmp_path / "out")]) == 0
+    written = list((tmp_path / "out").glob("*/results_*.json"))
+    assert len(written) == 1 and written[0].parent.name == str(folder).replace("/", "__")
+    assert "pararnn_stdlib_nextline" in capsys.readouterr().out
+    assert main(["card", "--model", str(folder), "--results", str(written[0])]) == 0
+    text = (folder / "README.md").read_text()
+    assert "pararnn_stdlib_nextline (on 4 of" in text and "model-index" not in text
 
 
 @pytest.mark.parametrize("size,nominal", [("400m", 400e6), ("1b", 1e9), ("7b", 7e9)])
@@ -174,3 +215,34 @@ def test_presets_parameter_counts(size, nominal, cell):
         actual = sum(p.numel() for p in ParaRNNForCausalLM(config).parameters())
     assert counted == actual
     assert abs(counted / nominal - 1) < 0.1, counted
+
+
+def test_card_usage_snippet_runs_as_written(model_dir, tmp_path):
+    """The card's Python snippet, pointed at the folder, runs where pararnn_hf is not installed
+    and without a "run custom code?" prompt (stdin closed, as in a script)."""
+    import re
+
+    text = render_card(model_dir, repo_id=str(model_dir))
+    code = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
+    script = "import sys\nsys.modules['pararnn_hf'] = None  # not installed\n" + code
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Do you wish to run the custom code" not in run.stdout + run.stderr
+    assert run.stdout.strip().startswith("def main(")
+
+
+def test_a_copy_of_the_tasks_loads_its_data_from_beside_it(tmp_path):
+    """The YAMLs find their data through utils.py wherever the folder is (no path in the YAML)."""
+    import importlib.util
+
+    copy = write_local_tasks(tmp_path / "tasks")
+    shipped = sorted(p.name for p in tasks_path().iterdir() if p.name != "__pycache__")
+    assert sorted(p.name for p in copy.iterdir()) == shipped
+    assert "DATA_DIR" not in "".join(p.read_text() for p in copy.glob("*.yaml"))
+    spec = importlib.util.spec_from_file_location("copied_task_utils", copy / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    assert utils.DATA == copy / "data"
+    assert len(utils.stdlib_ppl(version=1.0)["test"]) == 24

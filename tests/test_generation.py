@@ -185,3 +185,23 @@ def test_generate_with_chunked_prefill_saved_and_reloaded(tmp_path, legacy):
     assert reloaded.config.recurrent_prefill_chunk_size == 4
     assert "prefill_chunk_size" not in reloaded.config.to_dict()
     assert torch.equal(reloaded.generate(prompt, max_new_tokens=5, do_sample=False), plain)
+
+
+def test_saved_tokenizer_pads_left_so_batched_generate_is_right_for_every_row(tmp_path):
+    """``tok(batch, padding=True)`` then ``generate(**batch)``, as users write it, gives each
+    row what it gets alone: the tokenizer the package trains and saves pads on the left."""
+    from transformers import AutoTokenizer
+
+    from pararnn_hf.data.tokenizer import train_tokenizer
+
+    docs = ["def add(a, b):\n    return a + b\n", "import os\nimport sys\n", "for i in range(10):\n    print(i)\n"] * 30
+    train_tokenizer(docs, vocab_size=300).save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert tok.padding_side == "left"
+    model = tiny_model("gru", vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=None)
+    prompts = ["import os", "def add(a, b):\n    return"]
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    together = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(**tok([prompt], return_tensors="pt"), max_new_tokens=6, do_sample=False)
+        assert torch.equal(together[row, -6:], alone[0, -6:]), prompt

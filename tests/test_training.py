@@ -215,7 +215,8 @@ def _losses(folder: Path) -> list[float]:
 
 @pytest.mark.once  # end to end: CI runs it on one transformers release
 def test_two_process_gloo_run_matches_one_process(tmp_path, corpus_dir):
-    """DDP over 2 CPU processes with 2 sequences each = 1 process with 4 (same global batch)."""
+    """DDP over 2 CPU processes with 2 sequences each = 1 process with 4 (same global batch),
+    launched by the README's accelerate recipe."""
     config = tiny_config_file(tmp_path)
     common = [
         "train",
@@ -265,10 +266,10 @@ def test_two_process_gloo_run_matches_one_process(tmp_path, corpus_dir):
         [
             sys.executable,
             "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(Path(__file__).resolve().parents[1] / "configs" / "accelerate_ddp_cpu.yaml"),
+            "--main_process_port",
             "29517",
             "-m",
             "pararnn_hf.cli",
@@ -287,6 +288,7 @@ def test_two_process_gloo_run_matches_one_process(tmp_path, corpus_dir):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("saved to") == 1  # rank 0 reports; the other rank stays quiet
+    assert proc.stdout.count("pararnn-hf train: world size 2 (gloo) on cpu") == 1
     assert json.loads((ddp / "train_summary.json").read_text())["world_size"] == 2
     assert json.loads((single / "train_summary.json").read_text())["world_size"] == 1
     one, two = _losses(single), _losses(ddp)
@@ -336,3 +338,21 @@ def test_demo_runs_end_to_end(tmp_path):
         env=env,
     )
     assert again.returncode != 0 and "already holds a finished model" in again.stderr
+
+
+def test_train_refuses_an_accelerate_launch_that_started_one_process_of_several(monkeypatch, tmp_path):
+    """accelerate's CPU launcher asked for 2 processes without mpirun starts one: refused in one
+    line before any work, naming the recipe that works."""
+    from pararnn_hf.cli import main
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    for key in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(SystemExit, match="asked for several processes but started one"):
+        main(["train", "--output_dir", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a real multi-process launch passes the check
+    from pararnn_hf.cli import check_launch
+
+    check_launch()

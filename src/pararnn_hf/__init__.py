@@ -23,6 +23,10 @@ AutoConfig.register(ParaRNNConfig.model_type, ParaRNNConfig, exist_ok=True)
 AutoModel.register(ParaRNNConfig, ParaRNNModel, exist_ok=True)
 AutoModelForCausalLM.register(ParaRNNConfig, ParaRNNForCausalLM, exist_ok=True)
 
+from .peft_defaults import register_peft_defaults  # noqa: E402
+
+register_peft_defaults()
+
 __all__ = [
     "BACKENDS",
     "ParaGRU",

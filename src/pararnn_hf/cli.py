@@ -145,15 +145,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_launch(env: dict[str, str] | None = None) -> None:
+    """Refuse a run that ``accelerate launch`` asked to span several processes but started as
+    one: its simple (CPU) launcher sets the rendezvous address for ``num_processes > 1`` and
+    starts several processes only through mpirun, which would set a world size."""
+    env = os.environ if env is None else env
+    sizes = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    if "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env and not any(k in env for k in sizes):
+        raise ValueError(
+            "accelerate launch was asked for several processes but started one (its CPU launcher needs "
+            "mpirun for that); run `accelerate launch --config_file configs/accelerate_ddp_cpu.yaml` "
+            "(multi_gpu launcher) or `accelerate launch --multi_gpu --num_processes N`, with --use_cpu "
+            "--ddp_backend gloo, or use torchrun"
+        )
+
+
 def cmd_train(argv: list[str]) -> int:
     """Parsed by ``HfArgumentParser`` so every ``TrainingArguments`` field is a flag."""
     require_extras("this command", "train")  # TrainingArguments itself needs accelerate
+    check_launch()
     from transformers import HfArgumentParser, TrainingArguments
 
     from .training import DataArguments, ModelArguments, run_training
 
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="pararnn-hf train")
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if training_args.process_index == 0:
+        backend = training_args.ddp_backend or ("nccl" if training_args.device.type == "cuda" else "gloo")
+        where = f" ({backend})" if training_args.world_size > 1 else ""
+        print(f"pararnn-hf train: world size {training_args.world_size}{where} on {training_args.device.type}")
     summary = run_training(model_args, data_args, training_args)
     if summary.get("is_main_process", True):  # one line per run, not one per process
         print(
@@ -226,6 +246,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.print_tasks_path:
+        from .eval.local_tasks import tasks_path
+
+        print(tasks_path())
+        return 0
+    if not args.model:
+        raise ValueError("which model? give --model DIR (a saved model folder)")
     require_extras("this command", "eval")
     from .eval import run_eval
 
@@ -237,7 +264,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model_args["solver_backend"] = args.solver_backend
     if args.prefill_chunk_size:
         model_args["prefill_chunk_size"] = args.prefill_chunk_size
-    output = args.output or str(Path(args.model) / "eval_results.json")
+    if args.output and args.output_path:
+        raise ValueError("give --output or --output-path, not both")
+    output = (
+        args.output or lm_eval_output_file(args.output_path, args.model) or str(Path(args.model) / "eval_results.json")
+    )
     summary = run_eval(
         args.model,
         [t for t in args.tasks.split(",") if t],
@@ -266,11 +297,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def lm_eval_output_file(output_path: str | None, model: str) -> str | None:
+    """lm_eval's ``--output_path``: a path ending in ``.json`` is the results file itself; any
+    other path is a folder that gets ``<model, sanitised>/results_<date and time>.json``."""
+    if not output_path:
+        return None
+    if output_path.endswith(".json"):
+        return output_path
+    import datetime
+    import re
+
+    name = re.sub(r"[\"<>:/|\\?*\[\]]+", "__", model)  # lm_eval's model_name_sanitized
+    stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S.%f")
+    return str(Path(output_path) / name / f"results_{stamp}.json")
+
+
 def cmd_card(args: argparse.Namespace) -> int:
     from .model_cards import write_card
 
+    if args.folder and args.model and args.folder != args.model:
+        raise ValueError(f"give the model folder once: {args.folder!r} and --model {args.model!r} differ")
+    model = args.model or args.folder
+    if not model:
+        raise ValueError("which model folder? give --model DIR")
     path = write_card(
-        args.model,
+        model,
         args.results,
         overwrite=args.overwrite,
         license=args.license,
@@ -282,8 +333,27 @@ def cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every long option answers to both spellings, ``--max-new-tokens`` and ``--max_new_tokens``:
+    users bring the dashed form from transformers' scripts and the underscore form from
+    ``lm_eval`` and ``TrainingArguments``."""
+
+    def add_argument(self, *names, **kwargs):
+        aliases = []
+        for name in names:
+            if name.startswith("--") and ("-" in name[2:] or "_" in name[2:]):
+                body = name[2:]
+                other = "--" + (body.replace("-", "_") if "-" in body else body.replace("_", "-"))
+                if other not in names and other not in aliases:
+                    aliases.append(other)
+        return super().add_argument(*names, *aliases, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pararnn-hf", description="ParaRNN language models for Hugging Face")
+    from . import __version__
+
+    parser = _Parser(prog="pararnn-hf", description="ParaRNN language models for Hugging Face")
+    parser.add_argument("--version", action="version", version=f"pararnn-hf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions, devices and available backends")
     info.set_defaults(func=cmd_info)
@@ -309,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser("convert", help="reference checkpoints <-> HF folders; upcycle Llama-style models")
     directions = convert.add_subparsers(dest="direction", required=True)
-    shared = argparse.ArgumentParser(add_help=False)
+    shared = _Parser(add_help=False)
     shared.add_argument("--out", required=True, help="the folder to write (must not exist unless --overwrite)")
     shared.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"], default=None)
     shared.add_argument("--overwrite", action="store_true")
@@ -334,21 +404,30 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=cmd_convert)
 
     ev = sub.add_parser("eval", help="lm-eval offline: bundled tasks, and standard ones when cached")
-    ev.add_argument("--model", required=True)
+    ev.add_argument("--model", default=None, help="a saved model folder")
+    ev.add_argument(
+        "--print-tasks-path", action="store_true", help="print the bundled tasks' folder (an lm_eval --include_path)"
+    )
     ev.add_argument("--tasks", default="pararnn_stdlib", help="comma-separated lm-eval tasks or groups")
     ev.add_argument("--include-path", nargs="*", default=None, help="folders with more task YAMLs")
     ev.add_argument("--batch-size", default="8")
     ev.add_argument("--limit", type=float, default=None, help="examples per task (or a fraction)")
     ev.add_argument("--num-fewshot", type=int, default=None)
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--output", default=None, help="results JSON (default: MODEL/eval_results.json)")
+    ev.add_argument("--output", default=None, help="results JSON file (default: MODEL/eval_results.json)")
+    ev.add_argument(
+        "--output-path",
+        default=None,
+        help="as in lm_eval: a .json file, or a folder that gets <model>/results_<time>.json",
+    )
     ev.add_argument("--solver-backend", default=None, choices=BACKENDS)
     ev.add_argument("--prefill-chunk-size", type=int, default=None)
     ev.add_argument("--log-samples", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
     card = sub.add_parser("card", help="write a Hub model card (README.md) into a saved model folder")
-    card.add_argument("model")
+    card.add_argument("folder", nargs="?", default=None, help="the saved model folder (or --model)")
+    card.add_argument("--model", default=None, help="the saved model folder, as on every other subcommand")
     card.add_argument("--results", default=None, help="results JSON from `pararnn-hf eval`")
     card.add_argument("--license", default="apache-2.0")
     card.add_argument("--name", default=None, help="model name (default: the folder name)")

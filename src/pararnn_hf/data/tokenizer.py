@@ -40,6 +40,7 @@ def train_tokenizer(documents: list[str], vocab_size: int = 4096, min_frequency:
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         clean_up_tokenization_spaces=False,
+        padding_side="left",  # causal LM: generate() on a padded batch needs left padding
     )
 
 
@@ -50,7 +51,7 @@ def load_or_train_tokenizer(corpus, vocab_size: int = 4096):
 
     folder = cache_dir() / "tokenizers" / f"{corpus.fingerprint()}-v{vocab_size}-tok{tokenizers.__version__}"
     if (folder / "tokenizer.json").is_file():
-        return PreTrainedTokenizerFast.from_pretrained(folder)
+        return PreTrainedTokenizerFast.from_pretrained(folder, padding_side="left")
     tokenizer = train_tokenizer(corpus.train, vocab_size)
     # write aside then rename, so a concurrent run never reads a half-written folder
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")

@@ -1,7 +1,8 @@
-"""The bundled lm-eval tasks: YAML templates and data shipped in the package.
+"""The bundled lm-eval tasks: YAMLs, their data and loaders, shipped in the package.
 
-lm-eval resolves a task's ``data_files`` against the working directory, so the templates are
-written out with absolute data paths into a folder that is then given as an include path."""
+The installed ``tasks`` folder is an lm-eval include path as it is: the YAMLs load their data
+through ``!function utils.*`` loaders that read it from beside them, wherever lm_eval runs
+(``pararnn-hf eval --print-tasks-path`` prints the folder)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,18 @@ STANDARD_TASKS = (
 )
 
 
+def tasks_path() -> Path:
+    """The installed task folder, for ``lm_eval --include_path``."""
+    return TASKS_DIR
+
+
 def write_local_tasks(folder: str | Path | None = None) -> Path:
-    """Write the bundled task YAMLs (with absolute data paths) and their helpers into ``folder``
-    (a new temporary folder by default); returns it, for ``--include_path``."""
+    """Copy the bundled tasks (YAMLs, loaders and data) into ``folder`` (a new temporary folder
+    by default), e.g. to edit them; the copy works as an include path like the original."""
     out = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="pararnn_tasks_"))
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = (TASKS_DIR / "data").as_posix()
     for yaml in sorted(TASKS_DIR.glob("*.yaml")):
-        (out / yaml.name).write_text(yaml.read_text().replace("{DATA_DIR}", data_dir))
+        shutil.copy(yaml, out / yaml.name)
     shutil.copy(TASKS_DIR / "utils.py", out / "utils.py")
+    shutil.copytree(TASKS_DIR / "data", out / "data", dirs_exist_ok=True)
     return out

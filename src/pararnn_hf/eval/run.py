@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..extras import require_extras
 from ..output_guard import check_writable_file, write_text_atomically
-from .local_tasks import write_local_tasks
+from .local_tasks import tasks_path
 
 
 def _offline() -> None:
@@ -51,18 +50,17 @@ def run_eval(
         raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
     for folder in include_path or []:
         check_task_folder(folder)
-    with tempfile.TemporaryDirectory(prefix="pararnn_tasks_") as bundled:
-        summary = _evaluate(
-            model_dir,
-            tasks,
-            [str(write_local_tasks(bundled))] + list(include_path or []),
-            batch_size,
-            limit,
-            num_fewshot,
-            device,
-            model_args,
-            log_samples,
-        )
+    summary = _evaluate(
+        model_dir,
+        tasks,
+        [str(tasks_path())] + list(include_path or []),
+        batch_size,
+        limit,
+        num_fewshot,
+        device,
+        model_args,
+        log_samples,
+    )
     if output:
         write_text_atomically(output, json.dumps(summary, indent=2, default=str))
     return summary

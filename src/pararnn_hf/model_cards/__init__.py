@@ -84,9 +84,25 @@ def validate_card_text(text: str) -> None:
         raise CardError("huggingface_hub did not read the metadata back")
 
 
-def _lm_eval_results(path: str | Path | None) -> dict[str, Any]:
+def _limited_tasks(data: dict[str, Any]) -> dict[str, str]:
+    """Tasks evaluated on part of their data (lm-eval's ``--limit``), each with how much."""
+    samples = data.get("n-samples") if isinstance(data.get("n-samples"), dict) else {}
+    limit = (data.get("config") or {}).get("limit") if isinstance(data.get("config"), dict) else None
+    limited = {}
+    for task in data["results"]:
+        counts = samples.get(task) if isinstance(samples.get(task), dict) else {}
+        original, effective = counts.get("original"), counts.get("effective")
+        if isinstance(original, int) and isinstance(effective, int) and effective < original:
+            limited[task] = f"{effective} of {original} examples"
+        elif limit is not None and not counts:
+            limited[task] = f"--limit {limit}"
+    return limited
+
+
+def _lm_eval_results(path: str | Path | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """lm-eval's ``results`` section, and the tasks that were evaluated on part of their data."""
     if path is None:
-        return {}
+        return {}, {}
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such results file: {path}")
@@ -99,7 +115,7 @@ def _lm_eval_results(path: str | Path | None) -> dict[str, Any]:
     for task, metrics in data["results"].items():
         if not isinstance(metrics, dict):
             raise CardError(f"{path}: results[{task!r}] must be an object of metrics, got {type(metrics).__name__}")
-    return data["results"]
+    return data["results"], _limited_tasks(data)
 
 
 def _train_summary(path: Path) -> dict[str, Any]:
@@ -119,16 +135,34 @@ def _train_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
-def _evaluation_text(results: dict[str, Any]) -> str:
+def _evaluation_text(results: dict[str, Any], limited: dict[str, str]) -> str:
     rows = []
     for task, metrics in results.items():
         for key, _, name in METRICS:
             value = metrics.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
-                rows.append(f"| {task} | {name} | {value:.4g} |")
+                part = f" (on {limited[task]})" if task in limited else ""
+                rows.append(f"| {task}{part} | {name} | {value:.4g} |")
     if not rows:
         return "Not evaluated yet: run `pararnn-hf eval --model DIR --tasks pararnn_stdlib --output results.json`."
-    return "lm-eval (`pararnn-hf eval`):\n\n| task | metric | value |\n|---|---|---|\n" + "\n".join(rows)
+    text = "lm-eval (`pararnn-hf eval`):\n\n| task | metric | value |\n|---|---|---|\n" + "\n".join(rows)
+    if limited:
+        text += (
+            "\n\nTasks marked with a part of their data were evaluated with `--limit`: their numbers are "
+            "estimates from that part and are left out of the card's `model-index` metadata."
+        )
+    return text
+
+
+def _context_text(summary: dict[str, Any], config) -> str:
+    """The sequence length the run trained on (its own record), else what the config hints."""
+    seq_len = summary.get("seq_len")
+    if isinstance(seq_len, int) and not isinstance(seq_len, bool):
+        return f"{seq_len} tokens (the sequence length it was trained on; the recurrence has no positional limit)"
+    return (
+        f"not recorded (the config's max_position_embeddings hint is {config.max_position_embeddings}; "
+        "the recurrence has no positional limit)"
+    )
 
 
 def render_card(
@@ -153,7 +187,7 @@ def render_card(
     except (OSError, ValueError, TypeError) as err:
         raise CardError(f"{folder / 'config.json'} is not a usable ParaRNN config: {err}") from None
     summary = _train_summary(folder / "train_summary.json")
-    results = _lm_eval_results(results_path)
+    results, limited = _lm_eval_results(results_path)
     name = model_name or folder.resolve().name
     params = count_parameters(config)
     data = ModelCardData(
@@ -164,7 +198,8 @@ def render_card(
         tags=["pararnn", f"para{config.cell}", "rnn", "recurrent", "text-generation"],
         datasets=datasets,
         model_name=name,
-        eval_results=eval_results_from_lm_eval(results, name) or None,
+        # only results on whole tasks are published as metadata
+        eval_results=eval_results_from_lm_eval({t: m for t, m in results.items() if t not in limited}, name) or None,
     )
     if summary:
         nan = float("nan")
@@ -203,10 +238,10 @@ def render_card(
         d_inner=config.d_inner,
         heads=config.num_heads,
         vocab=config.vocab_size,
-        context=config.max_position_embeddings,
+        context=_context_text(summary, config),
         repo_id=repo_id or name,
         training=training,
-        evaluation=_evaluation_text(results),
+        evaluation=_evaluation_text(results, limited),
         limitations=limitations,
     )
     text = str(card)

@@ -25,7 +25,10 @@ MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json
 @dataclass
 class ModelArguments:
     preset: str | None = field(
-        default=None, metadata={"help": f"model size preset, one of {sorted(PRESETS)} (default: demo)"}
+        default=None,
+        metadata={
+            "help": f"model size preset, one of {sorted(PRESETS)}; demo when neither --config nor --model is given"
+        },
     )
     cell: str = field(default="gru", metadata={"help": "gru or lstm (with --preset or the default)"})
     config: str | None = field(default=None, metadata={"help": "a ParaRNNConfig JSON file to train from scratch"})
@@ -151,6 +154,15 @@ def build_model(model_args: ModelArguments, vocab_size: int, pad_id: int, eos_id
 
 
 def load_tokenizer(model_args: ModelArguments, corpus, vocab_size: int):
+    """The run's tokenizer, padding on the left: it is saved with the model, and a causal LM
+    generating for a padded batch needs the padding before each prompt (``tok(batch,
+    padding=True)`` then ``generate`` is right for every row)."""
+    tokenizer = _load_tokenizer(model_args, corpus, vocab_size)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _load_tokenizer(model_args: ModelArguments, corpus, vocab_size: int):
     if model_args.model and not (Path(model_args.model) / "config.json").is_file():
         raise FileNotFoundError(f"--model {model_args.model}: no saved model folder there (no config.json)")
     if model_args.model:
@@ -215,6 +227,7 @@ def run_training(
         "corpus": corpus.name,
         "train_sequences": len(train_ds),
         "train_tokens_per_epoch": len(train_ds) * data_args.seq_len,
+        "seq_len": data_args.seq_len,
         "eval_target_tokens": eval_ds.num_target_tokens,
         "parameters": sum(p.numel() for p in model.parameters()),
         "world_size": training_args.world_size,
