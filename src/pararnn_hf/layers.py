@@ -297,8 +297,7 @@ class ParaRNNLayer(nn.Module):
             s, report = solve_op(*args)
         except NonFiniteSolve:
             self._raise_non_finite(x, s0, u)  # eager: name the culprit
-        info = SolveInfo.from_report(method, report)
-        info.backend = self.backend
+        info = SolveInfo.from_report(method, report, self.backend)
         self.last_solve_info = info
         if not info.converged and not self._warned_convergence:
             self._warned_convergence = True

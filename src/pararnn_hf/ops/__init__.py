@@ -2,7 +2,7 @@
 
 from .dispatch import BACKENDS, select_method
 from .newton import SolveInfo, default_tolerance, newton_forward
-from .recurrence import NonFiniteSolve, adjoint_backward, decode_step, solve, solve_op
+from .recurrence import NonFiniteSolve, adjoint_backward, decode_step, solve_op
 from .scan import adjoint_scan, parallel_linear_scan, sequential_linear_scan
 from .sequential import sequential_solve
 from .transition import Transition
@@ -21,6 +21,5 @@ __all__ = [
     "select_method",
     "sequential_linear_scan",
     "sequential_solve",
-    "solve",
     "solve_op",
 ]

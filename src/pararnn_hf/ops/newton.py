@@ -54,10 +54,10 @@ class SolveInfo:
         return torch.tensor(values, dtype=report_dtype(device), device=device)
 
     @classmethod
-    def from_report(cls, method: str, report: Tensor) -> SolveInfo:
+    def from_report(cls, method: str, report: Tensor, backend: str | None = None) -> SolveInfo:
         iterations, residual, converged, fallback, finite = report.tolist()
         fallback_from = None if fallback < 0 else int(fallback)
-        return cls(method, None, int(iterations), residual, bool(converged), fallback_from, bool(finite))
+        return cls(method, backend, int(iterations), residual, bool(converged), fallback_from, bool(finite))
 
 
 def state_scales(cell: Cell, s0: Tensor, keep: Tensor | None = None) -> Tensor | None:

@@ -33,12 +33,8 @@ _NAMESPACE = __name__.split(".")[0].lstrip("_") or "pararnn_hf"
 
 
 class NonFiniteSolve(FloatingPointError):
-    """NaN/Inf in what the solve reads (``inputs=True``) or in the states it produced. The
-    layers turn it into a message naming the culprit when they run eagerly."""
-
-    def __init__(self, message: str, inputs: bool) -> None:
-        super().__init__(message)
-        self.inputs = inputs
+    """NaN/Inf in what the solve reads or in the states it produced. The layers turn it into a
+    message naming the culprit when they run eagerly."""
 
 
 def decode_step(cell: Cell, u: Tensor, A: Tensor, C: Tensor | None, s0: Tensor) -> Tensor:
@@ -118,14 +114,11 @@ def _forward_op(
     if not _inputs_finite(u, A, C, s0):
         raise NonFiniteSolve(
             f"{label}: NaN or Inf in what the recurrence reads (the input projection B·x + b at a real "
-            "position, A, C or the initial state)",
-            inputs=True,
+            "position, A, C or the initial state)"
         )
     s, info = forward_solve(get_cell(cell), u, A, C, s0, mask, keep, method, max_iterations, tolerance)
     if not info.finite:
-        raise NonFiniteSolve(
-            f"{label}: the recurrent state became NaN/Inf although inputs and parameters are finite", inputs=False
-        )
+        raise NonFiniteSolve(f"{label}: the recurrent state became NaN/Inf although inputs and parameters are finite")
     return s, info.report(u.device)
 
 
@@ -152,7 +145,7 @@ def _backward_op(
     backward = adjoint_backward
     if method == "triton":
         from .triton.solve import triton_adjoint_backward as backward
-    du, dA, dC, ds0 = backward(get_cell(cell), u, A, C, s0, s, mask, keep, grad_s.contiguous())
+    du, dA, dC, ds0 = backward(get_cell(cell), u, A, C, s0, s, mask, keep, grad_s)
     # an op returns tensors only, none aliasing another: an empty dC stands for "no C"
     dC = A.new_empty(0) if dC is None else dC
     return du.contiguous(), dA.contiguous(), dC.contiguous(), ds0.contiguous()
@@ -192,26 +185,10 @@ def solve_op(
     tolerance: float | None = None,
     label: str = "recurrence",
 ) -> tuple[Tensor, Tensor]:
-    """States ``[B, T, k, N]`` and the solve's report tensor (``SolveInfo.from_report``) without
-    a host sync outside the op: what compiled code calls. Raises ``NonFiniteSolve``."""
+    """All states ``[B, T, k, N]`` from ``u`` ``[B, T, G, N]`` and ``s0`` ``[B, k, N]``, and the
+    solve's report tensor (read it with ``SolveInfo.from_report``; leaving it unread keeps the
+    host out of the way, as compiled code does). Differentiable in ``u``, ``A``, ``C`` and ``s0``
+    through the adjoint backward. Raises ``NonFiniteSolve``."""
     if method not in METHODS:
         raise ValueError(f"unknown solve method {method!r}; expected one of {METHODS}")
     return _forward_op(u, A, C, s0, mask, keep, cell.NAME, method, max_iterations, tolerance, label)
-
-
-def solve(
-    cell: Cell,
-    u: Tensor,
-    A: Tensor,
-    C: Tensor | None,
-    s0: Tensor,
-    mask: Tensor | None = None,
-    keep: Tensor | None = None,
-    method: str = "torch",
-    max_iterations: int = 8,
-    tolerance: float | None = None,
-) -> tuple[Tensor, SolveInfo]:
-    """All states ``[B, T, k, N]`` from ``u`` ``[B, T, G, N]`` and ``s0`` ``[B, k, N]``, and what
-    the solve did. Differentiable in ``u``, ``A``, ``C`` and ``s0`` through the adjoint backward."""
-    s, report = solve_op(cell, u, A, C, s0, mask, keep, method, max_iterations, tolerance)
-    return s, SolveInfo.from_report(method, report)
