@@ -39,7 +39,8 @@ SIZES = {
 }
 
 
-def build(name: str, size: str, max_len: int):
+def build(name: str, size: str, max_len: int, mamba: dict | None = None):
+    """The model ``name`` at ``size``; ``mamba`` overrides the Mamba2 shape (layers, head_dim, ...)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Mamba2Config, Mamba2ForCausalLM
 
     from pararnn_hf import ParaRNNForCausalLM  # importing registers the classes
@@ -62,16 +63,15 @@ def build(name: str, size: str, max_len: int):
         )
         return LlamaForCausalLM(cfg)
     d = shape["hidden_size"]
+    m = {"num_hidden_layers": s["mamba_layers"], "head_dim": 64, "state_size": 64, **(mamba or {})}
     cfg = Mamba2Config(
         vocab_size=s["vocab"],
         hidden_size=d,
-        num_hidden_layers=s["mamba_layers"],
         expand=2,
-        head_dim=64,
-        num_heads=2 * d // 64,
-        state_size=64,
+        num_heads=2 * d // m["head_dim"],
         n_groups=1,
         tie_word_embeddings=True,
+        **m,
     )
     return Mamba2ForCausalLM(cfg)
 

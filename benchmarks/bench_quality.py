@@ -1,13 +1,19 @@
-"""Validation loss and training throughput of ParaGRU, ParaLSTM, Llama and Mamba2 of about the
-same size, trained side by side on the same data, tokenizer, steps and schedule.
+"""ParaGRU and ParaLSTM against Llama and Mamba2 (transformers' classes) of the same size, each
+at its own best learning rate: a resumable sweep, length extrapolation and training throughput.
 
-All models see the same packed windows in the same order. ParaRNN models get the document
-``resets``; Llama and Mamba2 (transformers' own classes) see the same windows without them
-(the usual packing for those models: attention and the SSM run across document boundaries
-inside a window). Document-start tokens are never targets for any model.
+All models see the same tokenizer, packed 256-token windows in the same order, steps and
+schedule (RECIPE). ParaRNN models get the document ``resets``; Llama and Mamba2 see the same
+windows without them (the usual packing for those models). Document-start tokens are never
+targets. Each model keeps its own initialisation (its class's ``_init_weights``).
 
-Usage: python benchmarks/bench_quality.py [--steps 500] [--models pararnn-gru llama ...]
-Prints validation loss, perplexity and training tokens/s; writes JSON and a PNG of the curves.
+Stages (each reads what the earlier ones recorded under --out):
+  python benchmarks/bench_quality.py sweep          # resumable: one JSON per finished run
+  python benchmarks/bench_quality.py extrapolate    # best checkpoints at 256 ... 4096 tokens
+  python benchmarks/bench_quality.py throughput     # training tok/s, one model at a time
+  python benchmarks/bench_quality.py report --plot  # markdown tables; PNGs with --plot
+
+Run ``throughput`` on an otherwise idle machine: CPU torch slows down by an order of magnitude
+when other processes compete for the cores. The sweep's own timings are not used.
 """
 
 from __future__ import annotations
@@ -15,16 +21,48 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
+import statistics
 import time
+from datetime import date
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments, default_data_collator
+import transformers
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from bench_generate import MODELS, build
-from pararnn_hf.data import PackedDataset, load_corpus, load_or_train_tokenizer, tokenize_documents
-from pararnn_hf.runtime import tune_cpu_allocator
-from pararnn_hf.training import plot_loss_curves
+from quality_sweep import (
+    GRID,
+    RunKey,
+    active_claims,
+    best_lr,
+    claim,
+    load_runs,
+    losses_by_lr,
+    next_run,
+    summary,
+    write_run,
+)
+
+# What every model gets. Llama's usual recipe (AdamW with beta2 0.95, weight decay 0.1 on the
+# matrices, clipping at 1.0, linear warm-up then cosine); 10% warm-up, as small transformer LMs
+# commonly use. The learning rate is what the sweep varies per model.
+RECIPE = dict(
+    optim="adamw_torch",
+    adam_beta1=0.9,
+    adam_beta2=0.95,
+    adam_epsilon=1e-8,
+    weight_decay=0.1,
+    max_grad_norm=1.0,
+    lr_scheduler_type="cosine",
+)
+WARMUP_FRACTION = 0.1
+# Mamba2 shaped to the ParaGRU's parameter count (within 3%): 7 layers, 32 heads of 32, state 64.
+MAMBA2_SHAPE = dict(num_hidden_layers=7, head_dim=32, state_size=64)
+PARAM_TOLERANCE = 0.03
+LENGTHS = (256, 512, 1024, 2048, 4096)
 
 
 def collator_without_resets(features):
@@ -33,111 +71,377 @@ def collator_without_resets(features):
     return batch
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--size", default="5m")
-    parser.add_argument("--vocab", type=int, default=4096)
-    parser.add_argument("--eval-sequences", type=int, default=None)
-    parser.add_argument("--out", default="benchmarks/results/bench_quality")
-    args = parser.parse_args()
-    tune_cpu_allocator()
+def make_model(name: str, args) -> torch.nn.Module:
+    model = build(name, args.size, max(LENGTHS), mamba=MAMBA2_SHAPE)
+    if model.config.vocab_size != args.vocab_size:
+        model.resize_token_embeddings(args.vocab_size)
+    return model
 
-    corpus = load_corpus("builtin")
+
+def check_sizes(models: list[str], args) -> dict[str, int]:
+    """Parameter counts at the size's own vocabulary (a corpus whose tokenizer has fewer tokens
+    shrinks every model's embedding alike); refuses models that differ by more than 3%."""
+    shapes = {name: build(name, args.size, max(LENGTHS), mamba=MAMBA2_SHAPE) for name in models}
+    counts = {name: sum(p.numel() for p in model.parameters()) for name, model in shapes.items()}
+    ref = counts.get("pararnn-gru", next(iter(counts.values())))
+    off = {n: c / ref - 1 for n, c in counts.items() if abs(c / ref - 1) > PARAM_TOLERANCE}
+    if off:
+        raise SystemExit(f"bench_quality: parameter counts differ by more than 3%: {off} (counts {counts})")
+    return counts
+
+
+def load_data(args):
+    from pararnn_hf.data import PackedDataset, load_corpus, load_or_train_tokenizer, tokenize_documents
+
+    corpus = load_corpus(args.corpus if args.corpus != ["builtin"] else "builtin", args.validation_percent)
     tokenizer = load_or_train_tokenizer(corpus, args.vocab)
+    args.vocab_size = len(tokenizer)
     train = PackedDataset(tokenize_documents(tokenizer, corpus.train), args.seq_len)
-    evaluation = PackedDataset(
-        tokenize_documents(tokenizer, corpus.validation), args.seq_len, pad_last=True, pad_id=tokenizer.pad_token_id
-    )
+    validation_docs = tokenize_documents(tokenizer, corpus.validation)
+    evaluation = PackedDataset(validation_docs, args.seq_len, pad_last=True, pad_id=tokenizer.pad_token_id)
     evaluation.keep_first(args.eval_sequences)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results, histories = {}, {}
+    return train, evaluation, validation_docs
+
+
+def training_args(args, output_dir: Path, lr: float, seed: int, steps: int) -> TrainingArguments:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(
-        f"{len(train)} training windows of {args.seq_len}; {evaluation.num_target_tokens} validation targets; "
-        f"{args.steps} steps x {args.batch} sequences on {device}"
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=steps,
+        warmup_steps=max(1, round(WARMUP_FRACTION * steps)),
+        per_device_train_batch_size=args.batch,
+        per_device_eval_batch_size=args.batch,
+        learning_rate=lr,
+        logging_steps=max(1, steps // 50),
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=0,  # the same windows in the same order for every model and seed
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        bf16=device == "cuda",
+        **RECIPE,
     )
+
+
+def environment() -> dict:
+    return {
+        "date": date.today().isoformat(),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def train_run(key: RunKey, args, train, evaluation) -> dict:
+    torch.manual_seed(key.seed)
+    model = make_model(key.model, args)
+    collator = default_data_collator if key.model.startswith("pararnn") else collator_without_resets
+    scratch = Path(args.checkpoints) / "trainer"
+    trainer = Trainer(
+        model=model,
+        args=training_args(args, scratch, key.lr, key.seed, args.steps),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=collator,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    loss = trainer.evaluate()["eval_loss"]
+    if not math.isfinite(loss):
+        print(f"  {key.name}: validation loss {loss} (diverged); recorded as inf", flush=True)
+        loss = math.inf
+    checkpoint = Path(args.checkpoints) / key.name
+    model.save_pretrained(checkpoint)
+    return {
+        "model": key.model,
+        "lr": key.lr,
+        "seed": key.seed,
+        "params": sum(p.numel() for p in model.parameters()),
+        "eval_loss": loss,
+        "eval_target_tokens": evaluation.num_target_tokens,
+        "steps": args.steps,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "corpus": args.corpus,
+        "recipe": {**RECIPE, "warmup_fraction": WARMUP_FRACTION},
+        "train_s_not_isolated": seconds,
+        "train_loss": [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e],
+        "checkpoint": str(checkpoint),
+        **environment(),
+    }
+
+
+def cmd_sweep(args) -> None:
+    train, evaluation, _ = load_data(args)
+    counts = check_sizes(args.models, args)
+    print("parameters: " + ", ".join(f"{n} {c / 1e6:.3f}M" for n, c in counts.items()), flush=True)
+    runs_dir = Path(args.out) / "runs"
+    claims = Path(args.checkpoints) / "claims"
+    done_now = 0
+    while True:
+        runs, busy = load_runs(runs_dir), active_claims(claims)
+        key = next_run(runs, args.models, tuple(args.lrs), args.seeds, args.max_extend, busy)
+        if key is None and busy:
+            time.sleep(20)  # another worker's result decides what comes next
+            continue
+        if key is None:
+            print(f"sweep settled: {len(runs)} runs recorded in {runs_dir}")
+            return
+        if args.max_runs is not None and done_now >= args.max_runs:
+            print(f"stopping after {done_now} runs (--max-runs); rerun to go on from {key.name}")
+            return
+        mine = claim(claims, key)
+        if mine is None:
+            continue
+        try:
+            print(f"run {len(runs) + 1}: {key.name}", flush=True)
+            record = train_run(key, args, train, evaluation)
+            path = write_run(runs_dir, record)
+        finally:
+            mine.unlink(missing_ok=True)
+        done_now += 1
+        print(f"  eval loss {record['eval_loss']:.4f} ({record['train_s_not_isolated']:.0f} s) -> {path}", flush=True)
+
+
+def position_losses(model: torch.nn.Module, windows: torch.Tensor, tokens_per_batch: int = 8192) -> torch.Tensor:
+    """Mean next-token loss at each position 1..L-1 over the windows (nats), float64."""
+    total = torch.zeros(windows.shape[1] - 1, dtype=torch.float64)
+    with torch.no_grad():
+        for batch in windows.split(max(1, tokens_per_batch // windows.shape[1])):
+            logits = model(input_ids=batch).logits[:, :-1].double()
+            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+            total += loss.sum(0)
+    return total / windows.shape[0]
+
+
+def long_blocks(validation_docs: list[list[int]], longest: int) -> torch.Tensor:
+    """Every ``longest``-token block lying inside one held-out document, so that at every
+    length the models read the same tokens and a position is that much context of one text."""
+    blocks = [doc[i : i + longest] for doc in validation_docs for i in range(0, len(doc) - longest + 1, longest)]
+    if not blocks:
+        raise SystemExit(f"bench_quality: no held-out document has {longest} tokens")
+    return torch.tensor(blocks, dtype=torch.long)
+
+
+def cmd_extrapolate(args) -> None:
+    from transformers import AutoModelForCausalLM
+
+    import pararnn_hf  # noqa: F401  (registers the ParaRNN classes with Auto*)
+
+    _, _, validation_docs = load_data(args)
+    lengths = sorted(args.lengths)
+    blocks = long_blocks(validation_docs, lengths[-1])
+    runs = load_runs(Path(args.out) / "runs")
+    result = {"lengths": lengths, "blocks": blocks.shape[0], "tokens": blocks.numel(), "models": {}, **environment()}
+    for name in args.models:
+        lr = best_lr(runs, name)
+        if lr is None:
+            print(f"{name}: no sweep run recorded; skipped")
+            continue
+        record = next(r for r in runs if r["model"] == name and r["seed"] == 0 and math.isclose(r["lr"], lr))
+        model = AutoModelForCausalLM.from_pretrained(record["checkpoint"]).eval()
+        by_length = {}
+        for length in lengths:
+            windows = blocks.reshape(-1, length)
+            by_length[length] = position_losses(model, windows)
+        longest = by_length[lengths[-1]]
+        result["models"][name] = {
+            "lr": lr,
+            "checkpoint": record["checkpoint"],
+            "mean_loss": {str(n): float(v.mean()) for n, v in by_length.items()},
+            "position_loss": [float(v) for v in longest],
+        }
+        print(f"{name}: " + ", ".join(f"{n}: {float(v.mean()):.4f}" for n, v in by_length.items()), flush=True)
+    path = Path(args.out) / "extrapolation.json"
+    path.write_text(json.dumps(result))
+    print(f"wrote {path}")
+
+
+class StepClock(TrainerCallback):
+    def __init__(self):
+        self.times = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter())
+
+
+def cmd_throughput(args) -> None:
+    train, _, _ = load_data(args)
+    counts = check_sizes(args.models, args)
+    result = {"steps": args.steps, "warmup_steps": args.warmup_steps, "models": {}, **environment()}
     for name in args.models:
         torch.manual_seed(0)
-        model = build(name, args.size, args.seq_len)
-        if model.config.vocab_size != len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer))
-        targs = TrainingArguments(
-            output_dir=str(out / name),
-            max_steps=args.steps,
-            per_device_train_batch_size=args.batch,
-            per_device_eval_batch_size=args.batch,
-            learning_rate=args.lr,
-            lr_scheduler_type="cosine",
-            warmup_steps=max(1, args.steps // 20),
-            weight_decay=0.1,
-            max_grad_norm=1.0,
-            logging_steps=max(1, args.steps // 50),
-            eval_strategy="no",
-            save_strategy="no",
-            report_to="none",
-            seed=0,
-            data_seed=0,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-            use_cpu=device == "cpu",
-            bf16=device == "cuda",
-        )
+        model = make_model(name, args)
+        clock = StepClock()
         collator = default_data_collator if name.startswith("pararnn") else collator_without_resets
-        trainer = Trainer(model=model, args=targs, train_dataset=train, eval_dataset=evaluation, data_collator=collator)
-        start = time.perf_counter()
+        trainer = Trainer(
+            model=model,
+            args=training_args(args, Path(args.checkpoints) / "trainer", 1e-3, 0, args.warmup_steps + args.steps),
+            train_dataset=train,
+            data_collator=collator,
+            callbacks=[clock],
+        )
         trainer.train()
-        seconds = time.perf_counter() - start
-        loss = trainer.evaluate()["eval_loss"]
-        params = sum(p.numel() for p in model.parameters())
-        results[name] = {
-            "params": params,
-            "eval_loss": loss,
-            "eval_perplexity": math.exp(loss),
-            "train_tok_s": args.steps * args.batch * args.seq_len / seconds,
-            "train_s": seconds,
-        }
-        histories[name] = trainer.state.log_history
-        print(
-            f"{name:<13} {params / 1e6:5.2f}M  eval loss {loss:.4f}  ppl {math.exp(loss):8.2f}  "
-            f"train {results[name]['train_tok_s']:8,.0f} tok/s  ({seconds:.0f} s)",
-            flush=True,
-        )
-        plot_loss_curves(trainer.state.log_history, out / f"{name}.png")
-    if "llama" in results:
-        base = results["llama"]["eval_loss"]
-        print(
-            "validation loss relative to Llama: "
-            + ", ".join(f"{n} {r['eval_loss'] / base:.3f}" for n, r in results.items())
-        )
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
-    _plot_all(histories, out / "train_loss.png")
-    print(f"wrote {out / 'results.json'} and {out / 'train_loss.png'}")
+        seconds = clock.times[-1] - clock.times[args.warmup_steps - 1]
+        tok_s = args.steps * args.batch * args.seq_len / seconds
+        result["models"][name] = {"params": counts[name], "train_tok_s": tok_s}
+        print(f"{name:<13} train {tok_s:8,.0f} tok/s ({torch.get_num_threads()} threads)", flush=True)
+    path = Path(args.out) / "throughput.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
 
 
-def _plot_all(histories: dict, path: Path) -> None:
+BUCKETS = ((1, 64), (64, 256), (256, 512), (512, 1024), (1024, 2048), (2048, 4096))
+
+
+def cmd_report(args) -> None:
+    out = Path(args.out)
+    runs = load_runs(out / "runs")
+    models = [m for m in args.models if any(r["model"] == m for r in runs)]
+    if not models:
+        raise SystemExit(f"bench_quality: no runs recorded in {out / 'runs'}")
+    rates = sorted({lr for m in models for lr in losses_by_lr(runs, m)})
+    print("| model | params | " + " | ".join(f"lr {lr:.3g}" for lr in rates) + " |")
+    print("|---|---|" + "---|" * len(rates))
+    for m in models:
+        table = losses_by_lr(runs, m)
+        params = next(r["params"] for r in runs if r["model"] == m)
+        cells = []
+        for lr in rates:
+            losses = next((v for k, v in table.items() if math.isclose(k, lr)), None)
+            cells.append("" if losses is None else " / ".join(f"{x:.4f}" for x in losses))
+        print(f"| {m} | {params / 1e6:.2f}M | " + " | ".join(cells) + " |")
+    throughput = _read_json(out / "throughput.json")
+    print()
+    print("| model | best lr | validation loss (mean ± half-range, seeds) | rel. to Llama | train tok/s |")
+    print("|---|---|---|---|---|")
+    best = {m: summary(runs, m) for m in models}
+    base = best.get("llama")
+    for m, s in best.items():
+        rel = f"{s['mean'] / base['mean']:.3f}" if base else "n/a"
+        tok = throughput["models"].get(m, {}).get("train_tok_s") if throughput else None
+        tok_s = f"{tok:,.0f}" if tok else "not measured"
+        print(f"| {m} | {s['lr']:.3g} | {s['mean']:.4f} ± {s['spread'] / 2:.4f} ({s['seeds']}) | {rel} | {tok_s} |")
+    extrap = _read_json(out / "extrapolation.json")
+    if extrap:
+        lengths = extrap["lengths"]
+        print()
+        print(f"Held-out loss at each evaluation length ({extrap['tokens']} tokens in {extrap['blocks']} blocks):")
+        buckets = [(a, b) for a, b in BUCKETS if b <= lengths[-1]]
+        heads = [str(n) for n in lengths] + [f"pos {a}-{b}" for a, b in buckets]
+        print("| model | " + " | ".join(heads) + " |")
+        print("|---|" + "---|" * len(heads))
+        for m, e in extrap["models"].items():
+            pos = e["position_loss"]  # pos[i]: the loss of predicting token i + 1
+            means = [statistics.fmean(pos[a - 1 : b - 1]) for a, b in buckets]
+            print(
+                f"| {m} | "
+                + " | ".join(f"{e['mean_loss'][str(n)]:.4f}" for n in lengths)
+                + " | "
+                + " | ".join(f"{x:.4f}" for x in means)
+                + " |"
+            )
+    if args.plot:
+        _plot_sweep(runs, models, out / "lr_sweep.png")
+        print(f"wrote {out / 'lr_sweep.png'}")
+        if extrap:
+            _plot_positions(extrap, out / "extrapolation.png")
+            print(f"wrote {out / 'extrapolation.png'}")
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot_sweep(runs: list[dict], models: list[str], path: Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for name, history in histories.items():
-        points = [(e["step"], e["loss"]) for e in history if "loss" in e]
-        if points:
-            ax.plot(*zip(*points), label=name, lw=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (nats/token)")
-    ax.grid(alpha=0.3)
+    for m in models:
+        table = {lr: v for lr, v in losses_by_lr(runs, m).items() if all(math.isfinite(x) for x in v)}
+        line = ax.plot(list(table), [statistics.fmean(v) for v in table.values()], "o-", label=m, lw=1.4)
+        for lr, losses in table.items():
+            ax.scatter([lr] * len(losses), losses, s=10, color=line[0].get_color(), alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_positions(extrap: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for m, e in extrap["models"].items():
+        pos = torch.tensor(e["position_loss"])
+        # geometric buckets: equal width on the log axis, smooth enough to read
+        edges = sorted({int(x) for x in torch.logspace(0, math.log10(len(pos)), 40)} | {len(pos)})
+        xs = [math.sqrt(a * b) for a, b in zip(edges, edges[1:])]
+        ys = [float(pos[a - 1 : b - 1].mean()) for a, b in zip(edges, edges[1:])]
+        ax.plot(xs, ys, label=m, lw=1.4)
+    ax.axvline(256, color="grey", ls="--", lw=1, label="training length")
+    ax.set_xscale("log")
+    ax.set_xlabel("position in the held-out text (tokens of context)")
+    ax.set_ylabel("next-token loss (nats)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", nargs="?", default="report", choices=("sweep", "extrapolate", "throughput", "report"))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--steps", type=int, default=400, help="training steps (throughput: timed steps)")
+    parser.add_argument("--warmup-steps", type=int, default=5, help="throughput: untimed first steps")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--size", default="5m")
+    parser.add_argument("--corpus", nargs="+", default=["builtin"], help="builtin, hf:NAME or text files")
+    parser.add_argument("--validation-percent", type=float, default=2.0)
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--eval-sequences", type=int, default=None, help="validation windows (default: all)")
+    parser.add_argument("--lrs", type=float, nargs="+", default=list(GRID), help="the grid of peak learning rates")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds at the best rate and its neighbours")
+    parser.add_argument("--max-extend", type=int, default=2, help="rates added beyond each edge of the grid")
+    parser.add_argument("--max-runs", type=int, default=None, help="sweep: stop after this many runs")
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS), help="extrapolate: window lengths")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", default="benchmarks/quality", help="run records, tables' inputs, plots")
+    parser.add_argument("--checkpoints", default="benchmarks/results/quality_checkpoints")
+    parser.add_argument("--plot", action="store_true", help="report: write lr_sweep.png and extrapolation.png")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lengths = sorted(args.lengths)
+    if any(lengths[-1] % n for n in lengths):
+        parser.error(f"--lengths must each divide the longest ({lengths[-1]}): {lengths}")
+    from pararnn_hf.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    os.makedirs(args.out, exist_ok=True)
+    {"sweep": cmd_sweep, "extrapolate": cmd_extrapolate, "throughput": cmd_throughput, "report": cmd_report}[
+        args.stage
+    ](args)
 
 
 if __name__ == "__main__":
