@@ -160,6 +160,16 @@ def check_launch(env: dict[str, str] | None = None) -> None:
         )
 
 
+def check_fsdp(training_args) -> None:
+    """Refuse ``--fsdp`` where accelerate would not honour it: on the CPU it runs the processes
+    as plain DDP (``MULTI_CPU``) and drops the FSDP plugin without a word."""
+    if training_args.fsdp and training_args.device.type == "cpu":
+        raise ValueError(
+            "--fsdp needs GPUs: accelerate runs a CPU launch as plain DDP and would ignore it; drop --fsdp "
+            "on the CPU (the model itself shards with torch's fully_shard on CPU; see the README's FSDP section)"
+        )
+
+
 def cmd_train(argv: list[str]) -> int:
     """Parsed by ``HfArgumentParser`` so every ``TrainingArguments`` field is a flag."""
     require_extras("this command", "train")  # TrainingArguments itself needs accelerate
@@ -170,6 +180,7 @@ def cmd_train(argv: list[str]) -> int:
 
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="pararnn-hf train")
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    check_fsdp(training_args)
     if training_args.process_index == 0:
         backend = training_args.ddp_backend or ("nccl" if training_args.device.type == "cuda" else "gloo")
         where = f" ({backend})" if training_args.world_size > 1 else ""

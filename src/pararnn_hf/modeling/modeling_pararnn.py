@@ -148,6 +148,10 @@ def causal_depthwise_conv(
     return y if bias is None else y + bias
 
 
+def _copy_state(state):
+    return tuple(t.clone() for t in state) if isinstance(state, tuple) else state.clone()
+
+
 class ParaRNNMixer(nn.Module):
     """RMSNorm -> in_proj -> (x, g) -> causal conv -> SiLU -> cell -> RMSNorm(h) * SiLU(g) -> out_proj."""
 
@@ -192,7 +196,9 @@ class ParaRNNMixer(nn.Module):
             y, new_rnn_state = self.cell(x, initial_state=rnn_state, mask=mask, resets=resets, return_state=True)
         out = self.out_proj(self.gate_norm(y) * F.silu(g))
         residual = hidden if self.residual_scale is None else hidden * self.residual_scale.to(hidden.dtype)
-        return residual + out, new_conv_state, new_rnn_state
+        # the states leave as copies, not views: a view would keep the whole [batch, time]
+        # input alive with them, and FSDP2 warns on wrapped modules that return views
+        return residual + out, new_conv_state.clone(), _copy_state(new_rnn_state)
 
 
 class ParaRNNMLP(nn.Module):

@@ -17,7 +17,7 @@ from ..data import PackedDataset, load_corpus, load_or_train_tokenizer, tokenize
 from ..modeling import ParaRNNConfig, ParaRNNForCausalLM
 from ..output_guard import write_text_atomically
 from ..presets import PRESETS, preset_config
-from .trainer import LOSS_PLOT, LossPlotCallback, ParaRNNTrainer
+from .trainer import LOSS_PLOT, LossPlotCallback, ParaRNNTrainer, ShardingReportCallback
 
 MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -216,7 +216,7 @@ def run_training(
         eval_dataset=eval_ds,
         data_collator=default_data_collator,
         processing_class=tokenizer,
-        callbacks=[LossPlotCallback()],
+        callbacks=[LossPlotCallback(), sharding := ShardingReportCallback()],
     )
     result = trainer.train(resume_from_checkpoint=resume)
     train_loss = whole_run_train_loss(trainer, result.training_loss, resume, training_args.output_dir)
@@ -231,6 +231,7 @@ def run_training(
         "eval_target_tokens": eval_ds.num_target_tokens,
         "parameters": sum(p.numel() for p in model.parameters()),
         "world_size": training_args.world_size,
+        "fsdp_sharded_tensors": sharding.sharded,
         "train_loss": train_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "eval_loss": metrics.get("eval_loss"),

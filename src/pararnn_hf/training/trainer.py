@@ -73,3 +73,23 @@ class LossPlotCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._write(args, state)
+
+
+class ShardingReportCallback(TrainerCallback):
+    """Says on the main process, as training starts, how many parameter tensors FSDP sharded:
+    FSDP2 turns them into DTensors in place, so the count shows the run really is sharded."""
+
+    def __init__(self) -> None:
+        self.sharded = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from torch.distributed.tensor import DTensor
+
+        params = list(model.parameters()) if model is not None else []
+        self.sharded = sum(isinstance(p, DTensor) for p in params)
+        if self.sharded and state.is_world_process_zero:
+            print(
+                f"pararnn-hf train: FSDP shards {self.sharded} of {len(params)} parameter tensors "
+                f"over {args.world_size} processes",
+                flush=True,
+            )
