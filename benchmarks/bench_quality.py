@@ -63,6 +63,7 @@ WARMUP_FRACTION = 0.1
 MAMBA2_SHAPE = dict(num_hidden_layers=7, head_dim=32, state_size=64)
 PARAM_TOLERANCE = 0.03
 LENGTHS = (256, 512, 1024, 2048, 4096)
+HERE = Path(__file__).resolve().parent  # default folders live beside the script, wherever it runs from
 
 
 def collator_without_resets(features):
@@ -426,8 +427,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-runs", type=int, default=None, help="sweep: stop after this many runs")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS), help="extrapolate: window lengths")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--out", default="benchmarks/quality", help="run records, tables' inputs, plots")
-    parser.add_argument("--checkpoints", default="benchmarks/results/quality_checkpoints")
+    parser.add_argument("--out", default=str(HERE / "quality"), help="run records, tables' inputs, plots")
+    parser.add_argument("--checkpoints", default=str(HERE / "results" / "quality_checkpoints"))
     parser.add_argument("--plot", action="store_true", help="report: write lr_sweep.png and extrapolation.png")
     args = parser.parse_args(argv)
     if args.threads:
