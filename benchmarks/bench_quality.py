@@ -210,15 +210,22 @@ def cmd_sweep(args) -> None:
         print(f"  eval loss {record['eval_loss']:.4f} ({record['train_s_not_isolated']:.0f} s) -> {path}", flush=True)
 
 
-def position_losses(model: torch.nn.Module, windows: torch.Tensor, tokens_per_batch: int = 8192) -> torch.Tensor:
-    """Mean next-token loss at each position 1..L-1 over the windows (nats), float64."""
-    total = torch.zeros(windows.shape[1] - 1, dtype=torch.float64)
+def token_losses(model: torch.nn.Module, blocks: torch.Tensor, length: int, tokens_per_batch: int = 8192):
+    """Next-token loss (nats, float64) of every block token when the blocks are read in
+    windows of ``length``: [blocks, block_len], NaN where a window starts (nothing predicts
+    that token)."""
+    windows = blocks.reshape(-1, length)
+    out = torch.full(windows.shape, math.nan, dtype=torch.float64)
     with torch.no_grad():
-        for batch in windows.split(max(1, tokens_per_batch // windows.shape[1])):
+        for i, batch in zip(range(0, len(windows), step := max(1, tokens_per_batch // length)), windows.split(step)):
             logits = model(input_ids=batch).logits[:, :-1].double()
             loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
-            total += loss.sum(0)
-    return total / windows.shape[0]
+            out[i : i + len(batch), 1:] = loss
+    return out.reshape(blocks.shape)
+
+
+def _rounded(values: torch.Tensor) -> list:
+    return [None if math.isnan(v) else round(v, 5) for v in values.tolist()]
 
 
 def long_blocks(validation_docs: list[list[int]], longest: int) -> torch.Tensor:
@@ -240,6 +247,7 @@ def cmd_extrapolate(args) -> None:
     blocks = long_blocks(validation_docs, lengths[-1])
     runs = load_runs(Path(args.out) / "runs")
     result = {"lengths": lengths, "blocks": blocks.shape[0], "tokens": blocks.numel(), "models": {}, **environment()}
+    result["common_tokens"] = blocks.shape[0] * (blocks.shape[1] - blocks.shape[1] // lengths[0])
     for name in args.models:
         lr = best_lr(runs, name)
         if lr is None:
@@ -247,18 +255,22 @@ def cmd_extrapolate(args) -> None:
             continue
         record = next(r for r in runs if r["model"] == name and r["seed"] == 0 and math.isclose(r["lr"], lr))
         model = AutoModelForCausalLM.from_pretrained(record["checkpoint"]).eval()
-        by_length = {}
-        for length in lengths:
-            windows = blocks.reshape(-1, length)
-            by_length[length] = position_losses(model, windows)
-        longest = by_length[lengths[-1]]
+        by_length = {n: token_losses(model, blocks, n) for n in lengths}
+        # the same tokens at every length: those no window start of the shortest length skips
+        common = ~by_length[lengths[0]].isnan()
+        longest, shortest = by_length[lengths[-1]], by_length[lengths[0]]
         result["models"][name] = {
             "lr": lr,
             "checkpoint": record["checkpoint"],
-            "mean_loss": {str(n): float(v.mean()) for n, v in by_length.items()},
-            "position_loss": [float(v) for v in longest],
+            "mean_loss": {str(n): float(v[common].mean()) for n, v in by_length.items()},
+            # per position of the block, mean over blocks; [0] is None (nothing predicts it)
+            "position_loss": _rounded(longest.mean(0)),
+            # the same tokens read with all of the block before them minus with only their own
+            # shortest window: < 0 where the longer context helps; None at window starts
+            "delta_vs_shortest": _rounded((longest - shortest).mean(0)),
         }
-        print(f"{name}: " + ", ".join(f"{n}: {float(v.mean()):.4f}" for n, v in by_length.items()), flush=True)
+        means = result["models"][name]["mean_loss"]
+        print(f"{name}: " + ", ".join(f"{n}: {v:.4f}" for n, v in means.items()), flush=True)
     path = Path(args.out) / "extrapolation.json"
     path.write_text(json.dumps(result))
     print(f"wrote {path}")
@@ -333,21 +345,29 @@ def cmd_report(args) -> None:
     if extrap:
         lengths = extrap["lengths"]
         print()
-        print(f"Held-out loss at each evaluation length ({extrap['tokens']} tokens in {extrap['blocks']} blocks):")
-        buckets = [(a, b) for a, b in BUCKETS if b <= lengths[-1]]
-        heads = [str(n) for n in lengths] + [f"pos {a}-{b}" for a, b in buckets]
-        print("| model | " + " | ".join(heads) + " |")
-        print("|---|" + "---|" * len(heads))
+        print(
+            f"Held-out loss by evaluation window, the same {extrap['common_tokens']} tokens at every length "
+            f"({extrap['blocks']} blocks of {lengths[-1]} inside single documents):"
+        )
+        print("| model | " + " | ".join(str(n) for n in lengths) + " |")
+        print("|---|" + "---|" * len(lengths))
         for m, e in extrap["models"].items():
-            pos = e["position_loss"]  # pos[i]: the loss of predicting token i + 1
-            means = [statistics.fmean(pos[a - 1 : b - 1]) for a, b in buckets]
-            print(
-                f"| {m} | "
-                + " | ".join(f"{e['mean_loss'][str(n)]:.4f}" for n in lengths)
-                + " | "
-                + " | ".join(f"{x:.4f}" for x in means)
-                + " |"
-            )
+            print(f"| {m} | " + " | ".join(f"{e['mean_loss'][str(n)]:.4f}" for n in lengths) + " |")
+        buckets = [(a, b) for a, b in BUCKETS if b <= lengths[-1]]
+        print()
+        print(
+            f"By position in the block: loss with the whole block as context, and in brackets its change "
+            f"from reading the same tokens in {lengths[0]}-token windows (< 0: the longer context helps):"
+        )
+        print("| model | " + " | ".join(f"pos {a}-{b}" for a, b in buckets) + " |")
+        print("|---|" + "---|" * len(buckets))
+        for m, e in extrap["models"].items():
+            cells = []
+            for a, b in buckets:
+                loss = _bucket_mean(e["position_loss"], a, b)
+                delta = _bucket_mean(e["delta_vs_shortest"], a, b) if a >= lengths[0] else None
+                cells.append(f"{loss:.4f}" + ("" if delta is None else f" ({delta:+.4f})"))
+            print(f"| {m} | " + " | ".join(cells) + " |")
     if args.plot:
         _plot_sweep(runs, models, out / "lr_sweep.png")
         print(f"wrote {out / 'lr_sweep.png'}")
@@ -387,22 +407,39 @@ def _plot_sweep(runs: list[dict], models: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def _bucket_mean(values: list, a: int, b: int) -> float:
+    kept = [v for v in values[a:b] if v is not None]
+    return statistics.fmean(kept) if kept else math.nan
+
+
 def _plot_positions(extrap: dict, path: Path) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    shortest, longest = extrap["lengths"][0], extrap["lengths"][-1]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for m, e in extrap["models"].items():
-        pos = torch.tensor(e["position_loss"])
-        # geometric buckets: equal width on the log axis, smooth enough to read
-        edges = sorted({int(x) for x in torch.logspace(0, math.log10(len(pos)), 40)} | {len(pos)})
-        xs = [math.sqrt(a * b) for a, b in zip(edges, edges[1:])]
-        ys = [float(pos[a - 1 : b - 1].mean()) for a, b in zip(edges, edges[1:])]
-        ax.plot(xs, ys, label=m, lw=1.4)
-    ax.axvline(256, color="grey", ls="--", lw=1, label="training length")
-    ax.set_xscale("log")
-    ax.set_xlabel("position in the held-out text (tokens of context)")
-    ax.set_ylabel("next-token loss (nats)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
+        # geometric buckets on the left (equal width on its log axis), window-wide ones on the right
+        edges = sorted({int(x) for x in torch.logspace(0, math.log10(longest), 40)} | {longest})
+        pairs = list(zip(edges, edges[1:]))
+        left.plot(
+            [math.sqrt(a * b) for a, b in pairs], [_bucket_mean(e["position_loss"], a, b) for a, b in pairs], label=m
+        )
+        width = shortest  # one whole window per bucket: the windowed reading's context cycles with it
+        starts = range(shortest, longest, width)
+        right.plot(
+            [a + width / 2 for a in starts],
+            [_bucket_mean(e["delta_vs_shortest"], a, a + width) for a in starts],
+            label=m,
+        )
+    left.axvline(256, color="grey", ls="--", lw=1, label="training length")
+    left.set_xscale("log")
+    left.set_xlabel("position in the held-out block (tokens of context)")
+    left.set_ylabel("next-token loss (nats)")
+    right.axhline(0, color="grey", lw=1)
+    right.set_xlabel("position in the held-out block")
+    right.set_ylabel(f"loss(whole block before) - loss({shortest}-token window)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

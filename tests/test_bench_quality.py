@@ -152,11 +152,15 @@ def test_stages_end_to_end_at_toy_size(tmp_path):
     bench("extrapolate", "--lengths", "32", "64")
     extrap = json.loads((out / "extrapolation.json").read_text())
     assert set(extrap["models"]) == {"pararnn-gru", "llama"}
-    assert len(extrap["models"]["llama"]["position_loss"]) == 63
+    for e in extrap["models"].values():
+        pos, delta = e["position_loss"], e["delta_vs_shortest"]
+        assert len(pos) == len(delta) == 64 and pos[0] is None and delta[32] is None
+        # the first window of each length sees the same context: the same losses (causal models)
+        assert max(abs(d) for d in delta[1:32]) < 1e-3
     bench("throughput", *toy, "--warmup-steps", "1")
     report = bench("report", "--plot")
     assert "| pararnn-gru | 3.24M |" in report  # the 5m shapes with a 300-token vocabulary
     best_rows = [line for line in report.splitlines() if line.startswith("| llama | 0.00")]
     assert len(best_rows) == 1 and "not measured" not in best_rows[0] and "(1)" in best_rows[0]
-    assert "| 32 | 64 | pos 1-64 |" in report and "pos 64-256" not in report
+    assert "| model | 32 | 64 |" in report and "| pos 1-64 |" in report and "pos 64-256" not in report
     assert (out / "lr_sweep.png").stat().st_size > 1000 and (out / "extrapolation.png").stat().st_size > 1000
