@@ -242,18 +242,26 @@ def cmd_extrapolate(args) -> None:
 
     import pararnn_hf  # noqa: F401  (registers the ParaRNN classes with Auto*)
 
-    _, _, validation_docs = load_data(args)
-    lengths = sorted(args.lengths)
-    blocks = long_blocks(validation_docs, lengths[-1])
     runs = load_runs(Path(args.out) / "runs")
-    result = {"lengths": lengths, "blocks": blocks.shape[0], "tokens": blocks.numel(), "models": {}, **environment()}
-    result["common_tokens"] = blocks.shape[0] * (blocks.shape[1] - blocks.shape[1] // lengths[0])
+    best = {}
     for name in args.models:
         lr = best_lr(runs, name)
         if lr is None:
             print(f"{name}: no sweep run recorded; skipped")
             continue
-        record = next(r for r in runs if r["model"] == name and r["seed"] == 0 and math.isclose(r["lr"], lr))
+        best[name] = next(r for r in runs if r["model"] == name and r["seed"] == 0 and math.isclose(r["lr"], lr))
+        if not (Path(best[name]["checkpoint"]) / "config.json").is_file():
+            raise SystemExit(
+                f"bench_quality: {name}'s best run's checkpoint {best[name]['checkpoint']} is missing "
+                f"(another machine?); delete {RunKey(name, lr, 0).name}.json to train it again"
+            )
+    _, _, validation_docs = load_data(args)
+    lengths = sorted(args.lengths)
+    blocks = long_blocks(validation_docs, lengths[-1])
+    result = {"lengths": lengths, "blocks": blocks.shape[0], "tokens": blocks.numel(), "models": {}, **environment()}
+    result["common_tokens"] = blocks.shape[0] * (blocks.shape[1] - blocks.shape[1] // lengths[0])
+    for name, record in best.items():
+        lr = record["lr"]
         model = AutoModelForCausalLM.from_pretrained(record["checkpoint"]).eval()
         by_length = {n: token_losses(model, blocks, n) for n in lengths}
         # the same tokens at every length: those no window start of the shortest length skips

@@ -120,6 +120,15 @@ def test_records_round_trip_and_a_broken_one_is_named(tmp_path):
         load_runs(tmp_path)
 
 
+def test_extrapolate_names_a_missing_checkpoint(tmp_path):
+    import bench_quality
+
+    record = run("llama", 1e-3, 0, 3.0) | {"checkpoint": str(tmp_path / "gone")}
+    write_run(tmp_path / "runs", record)
+    with pytest.raises(SystemExit, match=r"llama's best run's checkpoint .*gone is missing.*llama_lr0.001_seed0.json"):
+        bench_quality.main(["extrapolate", "--out", str(tmp_path), "--models", "llama"])
+
+
 @pytest.mark.once
 def test_stages_end_to_end_at_toy_size(tmp_path):
     out, ck = tmp_path / "quality", tmp_path / "ck"
