@@ -194,11 +194,13 @@ class ParaRNNMixer(nn.Module):
             y = y.unsqueeze(1)
         else:
             y, new_rnn_state = self.cell(x, initial_state=rnn_state, mask=mask, resets=resets, return_state=True)
+            # over a sequence the states leave as copies, not views: a view would keep the whole
+            # [batch, time] input alive, and FSDP2 warns on wrapped modules that return views. The
+            # decoding step skips the copy: the cache copies its tiny states in place right away.
+            new_conv_state, new_rnn_state = new_conv_state.clone(), _copy_state(new_rnn_state)
         out = self.out_proj(self.gate_norm(y) * F.silu(g))
         residual = hidden if self.residual_scale is None else hidden * self.residual_scale.to(hidden.dtype)
-        # the states leave as copies, not views: a view would keep the whole [batch, time]
-        # input alive with them, and FSDP2 warns on wrapped modules that return views
-        return residual + out, new_conv_state.clone(), _copy_state(new_rnn_state)
+        return residual + out, new_conv_state, new_rnn_state
 
 
 class ParaRNNMLP(nn.Module):
