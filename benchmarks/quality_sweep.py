@@ -121,8 +121,8 @@ def next_run(
         if _same_lr(best, tried[-1]) and above < max_extend:
             return RunKey(model, tried[-1] * STEP, 0)
     for model in models:
-        tried = sorted(losses_by_lr(runs, model))
-        i = next(i for i, lr in enumerate(tried) if _same_lr(lr, best_lr(runs, model)))
+        tried, best = sorted(losses_by_lr(runs, model)), best_lr(runs, model)
+        i = next(i for i, lr in enumerate(tried) if _same_lr(lr, best))
         for lr in tried[max(0, i - 1) : i + 2]:
             for seed in range(seeds):
                 key = RunKey(model, lr, seed)
