@@ -173,3 +173,30 @@ def test_stages_end_to_end_at_toy_size(tmp_path):
     assert len(best_rows) == 1 and "not measured" not in best_rows[0] and "(1)" in best_rows[0]
     assert "| model | 32 | 64 |" in report and "| pos 1-64 |" in report and "pos 64-256" not in report
     assert (out / "lr_sweep.png").stat().st_size > 1000 and (out / "extrapolation.png").stat().st_size > 1000
+
+
+def test_mamba2_chunk_size_is_exact():
+    """The sweep runs Mamba2 with SSD chunks of 64 for speed; the chunked scan must give the
+    model the config's default 256 would. Mamba2's torch path computes its decay and logits in
+    float32 whatever the model's dtype, so even in float64 the two agree only to float32
+    rounding (3e-7 measured): 1e-5 allows that and still catches a wrong chunk boundary."""
+    import torch
+
+    from bench_generate import build
+    from bench_quality import MAMBA2_SHAPE
+
+    torch.manual_seed(0)
+    model = build("mamba2", "5m", 256, mamba=MAMBA2_SHAPE).double()
+    ids = torch.randint(0, model.config.vocab_size, (2, 150))  # 3 chunks of 64, the last one padded
+    results = []
+    for chunk in (MAMBA2_SHAPE["chunk_size"], 256):
+        for layer in model.backbone.layers:
+            layer.mixer.chunk_size = chunk
+        model.zero_grad()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        results.append((out.logits.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (logits, grads), (ref_logits, ref_grads) = results
+    assert MAMBA2_SHAPE["chunk_size"] < 150 < 256
+    assert ((logits - ref_logits).norm() / ref_logits.norm()).item() < 1e-5
+    assert ((grads - ref_grads).norm() / ref_grads.norm()).item() < 1e-5
