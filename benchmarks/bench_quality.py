@@ -19,6 +19,7 @@ when other processes compete for the cores. The sweep's own timings are not used
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -93,17 +94,25 @@ def check_sizes(models: list[str], args) -> dict[str, int]:
     return counts
 
 
-def load_data(args):
-    from pararnn_hf.data import PackedDataset, load_corpus, load_or_train_tokenizer, tokenize_documents
+def load_corpus_and_tokenizer(args):
+    from pararnn_hf.data import load_corpus, load_or_train_tokenizer
 
     corpus = load_corpus(args.corpus if args.corpus != ["builtin"] else "builtin", args.validation_percent)
     tokenizer = load_or_train_tokenizer(corpus, args.vocab)
     args.vocab_size = len(tokenizer)
+    return corpus, tokenizer
+
+
+def load_data(args):
+    from pararnn_hf.data import PackedDataset, tokenize_documents
+
+    corpus, tokenizer = load_corpus_and_tokenizer(args)
     train = PackedDataset(tokenize_documents(tokenizer, corpus.train), args.seq_len)
-    validation_docs = tokenize_documents(tokenizer, corpus.validation)
-    evaluation = PackedDataset(validation_docs, args.seq_len, pad_last=True, pad_id=tokenizer.pad_token_id)
+    evaluation = PackedDataset(
+        tokenize_documents(tokenizer, corpus.validation), args.seq_len, pad_last=True, pad_id=tokenizer.pad_token_id
+    )
     evaluation.keep_first(args.eval_sequences)
-    return train, evaluation, validation_docs
+    return train, evaluation
 
 
 def training_args(args, output_dir: Path, lr: float, seed: int, steps: int) -> TrainingArguments:
@@ -182,7 +191,7 @@ def train_run(key: RunKey, args, train, evaluation) -> dict:
 
 
 def cmd_sweep(args) -> None:
-    train, evaluation, _ = load_data(args)
+    train, evaluation = load_data(args)
     counts = check_sizes(args.models, args)
     print("parameters: " + ", ".join(f"{n} {c / 1e6:.3f}M" for n, c in counts.items()), flush=True)
     runs_dir = Path(args.out) / "runs"
@@ -231,13 +240,44 @@ def _rounded(values: torch.Tensor) -> list:
     return [None if math.isnan(v) else round(v, 5) for v in values.tolist()]
 
 
-def long_blocks(validation_docs: list[list[int]], longest: int) -> torch.Tensor:
-    """Every ``longest``-token block lying inside one held-out document, so that at every
-    length the models read the same tokens and a position is that much context of one text."""
-    blocks = [doc[i : i + longest] for doc in validation_docs for i in range(0, len(doc) - longest + 1, longest)]
+def stdlib_test_texts() -> list[str]:
+    """The standard library's own tests: Python source of the same project as the built-in
+    corpus, which leaves them out, so no model trained on them. Ordered by a hash of the path,
+    so that a prefix of the list samples the whole test suite, not the tests starting with "a"."""
+    import sysconfig
+
+    from pararnn_hf.data.corpus import stdlib_files
+
+    base = Path(sysconfig.get_paths()["stdlib"])
+    trained = set(stdlib_files(base))
+    paths = [
+        p for p in base.rglob("*.py") if p not in trained and not {"site-packages", "dist-packages"} & set(p.parts)
+    ]
+    paths.sort(key=lambda p: hashlib.sha1(p.relative_to(base).as_posix().encode()).hexdigest())
+    return [p.read_bytes().decode("utf-8", "replace") for p in paths]
+
+
+def long_blocks(documents: list[list[int]], longest: int, max_blocks: int) -> torch.Tensor:
+    """The first ``longest`` tokens of each document that has that many, at most ``max_blocks``:
+    one block per text, so that at every length the models read the same tokens and a position
+    is that much context of one text."""
+    blocks = [doc[:longest] for doc in documents if len(doc) >= longest][:max_blocks]
     if not blocks:
         raise SystemExit(f"bench_quality: no held-out document has {longest} tokens")
     return torch.tensor(blocks, dtype=torch.long)
+
+
+def long_documents(args, longest: int) -> tuple[list[list[int]], str]:
+    """Token ids of the held-out texts the extrapolation reads, and what they are."""
+    from pararnn_hf.data import tokenize_documents
+
+    corpus, tokenizer = load_corpus_and_tokenizer(args)
+    source = args.long_text or ("stdlib-tests" if args.corpus == ["builtin"] else "validation")
+    if source == "validation":
+        return tokenize_documents(tokenizer, corpus.validation), f"held-out documents of {corpus.name}"
+    # a text shorter than ``longest`` bytes cannot hold ``longest`` tokens: skip it untokenized
+    texts = [t for t in stdlib_test_texts() if len(t.encode()) >= longest]
+    return tokenize_documents(tokenizer, texts), "the standard library's tests (not in the built-in corpus)"
 
 
 def cmd_extrapolate(args) -> None:
@@ -258,10 +298,12 @@ def cmd_extrapolate(args) -> None:
                 f"bench_quality: {name}'s best run's checkpoint {best[name]['checkpoint']} is missing "
                 f"(another machine?); delete {RunKey(name, lr, 0).name}.json to train it again"
             )
-    _, _, validation_docs = load_data(args)
     lengths = sorted(args.lengths)
-    blocks = long_blocks(validation_docs, lengths[-1])
-    result = {"lengths": lengths, "blocks": blocks.shape[0], "tokens": blocks.numel(), "models": {}, **environment()}
+    documents, text = long_documents(args, lengths[-1])
+    blocks = long_blocks(documents, lengths[-1], args.max_blocks)
+    print(f"{blocks.shape[0]} blocks of {lengths[-1]} tokens, one per text, from {text}", flush=True)
+    result = {"lengths": lengths, "blocks": blocks.shape[0], "tokens": blocks.numel(), "text": text, "models": {}}
+    result |= environment()
     result["common_tokens"] = blocks.shape[0] * (blocks.shape[1] - blocks.shape[1] // lengths[0])
     for name, record in best.items():
         lr = record["lr"]
@@ -296,7 +338,7 @@ class StepClock(TrainerCallback):
 
 
 def cmd_throughput(args) -> None:
-    train, _, _ = load_data(args)
+    train, _ = load_data(args)
     counts = check_sizes(args.models, args)
     result = {"steps": args.steps, "warmup_steps": args.warmup_steps, "models": {}, **environment()}
     for name in args.models:
@@ -358,7 +400,7 @@ def cmd_report(args) -> None:
         print()
         print(
             f"Held-out loss by evaluation window, the same {extrap['common_tokens']} tokens at every length "
-            f"({extrap['blocks']} blocks of {lengths[-1]} inside single documents):"
+            f"({extrap['blocks']} blocks of {lengths[-1]}, one per text, from {extrap['text']}):"
         )
         print("| model | " + " | ".join(str(n) for n in lengths) + " |")
         print("|---|" + "---|" * len(lengths))
@@ -474,6 +516,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-extend", type=int, default=2, help="rates added beyond each edge of the grid")
     parser.add_argument("--max-runs", type=int, default=None, help="sweep: stop after this many runs")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS), help="extrapolate: window lengths")
+    parser.add_argument(
+        "--long-text",
+        choices=("validation", "stdlib-tests"),
+        default=None,
+        help="extrapolate: held-out texts to read (default: stdlib-tests with the built-in corpus, else validation)",
+    )
+    parser.add_argument("--max-blocks", type=int, default=32, help="extrapolate: texts read, one block each")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=str(HERE / "quality"), help="run records, tables' inputs, plots")
     parser.add_argument("--checkpoints", default=str(HERE / "results" / "quality_checkpoints"))

@@ -129,6 +129,29 @@ def test_extrapolate_names_a_missing_checkpoint(tmp_path):
         bench_quality.main(["extrapolate", "--out", str(tmp_path), "--models", "llama"])
 
 
+def test_long_blocks_take_one_block_per_long_enough_text():
+    from bench_quality import long_blocks
+
+    docs = [list(range(10)), list(range(100, 103)), list(range(200, 208)), list(range(300, 320))]
+    assert long_blocks(docs, 8, max_blocks=5).tolist() == [list(range(8)), list(range(200, 208)), list(range(300, 308))]
+    assert long_blocks(docs, 8, max_blocks=2).tolist() == [list(range(8)), list(range(200, 208))]
+    with pytest.raises(SystemExit, match="no held-out document has 64 tokens"):
+        long_blocks(docs, 64, max_blocks=5)
+
+
+def test_stdlib_tests_are_held_out_from_the_builtin_corpus():
+    """The extrapolation reads the standard library's tests; none of them may be training text."""
+    from bench_quality import stdlib_test_texts
+    from pararnn_hf.data import builtin_corpus
+
+    corpus = builtin_corpus()
+    tests = stdlib_test_texts()
+    assert len(tests) > 100
+    shared = set(tests) & (set(corpus.train) | set(corpus.validation))
+    assert all(len(t) < 100 for t in shared), [t[:80] for t in shared]  # only "# Dummy file ..." stubs
+    assert stdlib_test_texts()[:5] == tests[:5]  # a fixed order
+
+
 @pytest.mark.once
 def test_stages_end_to_end_at_toy_size(tmp_path):
     out, ck = tmp_path / "quality", tmp_path / "ck"
