@@ -395,6 +395,9 @@ def cmd_report(args) -> None:
         tok_s = f"{tok:,.0f}" if tok else "not measured"
         print(f"| {m} | {s['lr']:.3g} | {s['mean']:.4f} ± {s['spread'] / 2:.4f} ({s['seeds']}) | {rel} | {tok_s} |")
     extrap = _read_json(out / "extrapolation.json")
+    if extrap and "text" not in extrap:
+        print(f"\n{out / 'extrapolation.json'} predates one block per text: rerun `extrapolate`")
+        extrap = None
     if extrap:
         lengths = extrap["lengths"]
         print()
