@@ -493,6 +493,7 @@ def _plot_positions(extrap: dict, path: Path) -> None:
     right.axhline(0, color="grey", lw=1)
     right.set_xlabel("position in the held-out block")
     right.set_ylabel(f"loss(whole block before) - loss({shortest}-token window)")
+    fig.suptitle(f"{extrap['blocks']} blocks of {longest} tokens, one per text, from {extrap['text']}", fontsize=9)
     for ax in (left, right):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
