@@ -424,12 +424,46 @@ def cmd_report(args) -> None:
                 delta = _bucket_mean(e["delta_vs_shortest"], a, b) if a >= lengths[0] else None
                 cells.append(f"{loss:.4f}" + ("" if delta is None else f" ({delta:+.4f})"))
             print(f"| {m} | " + " | ".join(cells) + " |")
+    print()
+    pending = next_run(runs, args.models, tuple(args.lrs), args.seeds, args.max_extend)
+    if pending is not None:
+        print(f"Provisional: the sweep is not settled (the first run still to finish: {pending.name}).")
+    train_len = max(r["seq_len"] for r in runs)
+    for line in goal_lines(best, extrap, train_len):
+        print(f"- {line}")
     if args.plot:
         _plot_sweep(runs, models, out / "lr_sweep.png")
         print(f"wrote {out / 'lr_sweep.png'}")
         if extrap:
             _plot_positions(extrap, out / "extrapolation.png")
             print(f"wrote {out / 'extrapolation.png'}")
+
+
+def goal_lines(best: dict[str, dict], extrap: dict | None, train_len: int) -> list[str]:
+    """The goals we hold the ParaRNN models to, each judged on what is recorded: at each
+    model's best, validation loss within 5% of the Llama's and no worse than Mamba2's, and a
+    lower loss than the Llama's at every window longer than the training length."""
+    lines = []
+    llama, mamba = best.get("llama"), best.get("mamba2")
+    longer = [n for n in (extrap or {}).get("lengths", []) if n > train_len]
+    for m in ("pararnn-gru", "pararnn-lstm"):
+        s = best.get(m)
+        if s is None:
+            continue
+        if llama:
+            ratio = s["mean"] / llama["mean"]
+            lines.append(f"{m} within 5% of the Llama: {'yes' if ratio <= 1.05 else 'no'} ({ratio:.3f}x its loss)")
+        if mamba:
+            verdict = "yes" if s["mean"] <= mamba["mean"] else "no"
+            lines.append(f"{m} no worse than Mamba2: {verdict} ({s['mean']:.4f} vs {mamba['mean']:.4f})")
+        models = (extrap or {}).get("models", {})
+        if longer and m in models and "llama" in models:
+            ours = [models[m]["mean_loss"][str(n)] for n in longer]
+            theirs = [models["llama"]["mean_loss"][str(n)] for n in longer]
+            verdict = "yes" if all(a < b for a, b in zip(ours, theirs)) else "no"
+            pairs = ", ".join(f"{n}: {a:.4f} vs {b:.4f}" for n, a, b in zip(longer, ours, theirs))
+            lines.append(f"{m} better than the Llama beyond {train_len} tokens: {verdict} ({pairs})")
+    return lines
 
 
 def _read_json(path: Path) -> dict | None:

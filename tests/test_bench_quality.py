@@ -152,6 +152,30 @@ def test_stdlib_tests_are_held_out_from_the_builtin_corpus():
     assert stdlib_test_texts()[:5] == tests[:5]  # a fixed order
 
 
+def test_goals_are_judged_on_the_recorded_numbers():
+    from bench_quality import goal_lines
+
+    best = {m: {"mean": v} for m, v in {"pararnn-gru": 4.2, "pararnn-lstm": 3.9, "llama": 4.0, "mamba2": 3.95}.items()}
+    extrap = {
+        "lengths": [256, 512, 1024],
+        "models": {
+            "pararnn-gru": {"mean_loss": {"256": 4.1, "512": 4.0, "1024": 3.9}},
+            "pararnn-lstm": {"mean_loss": {"256": 3.8, "512": 3.7, "1024": 4.5}},
+            "llama": {"mean_loss": {"256": 3.9, "512": 4.1, "1024": 4.4}},
+        },
+    }
+    lines = goal_lines(best, extrap, train_len=256)
+    assert "pararnn-gru within 5% of the Llama: yes (1.050x its loss)" in lines  # 5% exactly is within
+    assert "pararnn-gru no worse than Mamba2: no (4.2000 vs 3.9500)" in lines
+    assert any(line.startswith("pararnn-gru better than the Llama beyond 256 tokens: yes") for line in lines)
+    assert "pararnn-lstm no worse than Mamba2: yes (3.9000 vs 3.9500)" in lines
+    # the window at the training length itself is not "beyond"; one longer window worse is a no
+    assert any(line.startswith("pararnn-lstm better than the Llama beyond 256 tokens: no") for line in lines)
+    best["pararnn-gru"]["mean"] = 4.21
+    assert "pararnn-gru within 5% of the Llama: no (1.052x its loss)" in goal_lines(best, None, 256)
+    assert not any("beyond" in line for line in goal_lines(best, None, 256))
+
+
 @pytest.mark.once
 def test_stages_end_to_end_at_toy_size(tmp_path):
     out, ck = tmp_path / "quality", tmp_path / "ck"
