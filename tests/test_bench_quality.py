@@ -219,6 +219,9 @@ def test_stages_end_to_end_at_toy_size(tmp_path):
     best_rows = [line for line in report.splitlines() if line.startswith("| llama | 0.00")]
     assert len(best_rows) == 1 and "not measured" not in best_rows[0] and "(1)" in best_rows[0]
     assert "| model | 32 | 64 |" in report and "| pos 1-64 |" in report and "pos 64-256" not in report
+    assert "Provisional" not in report  # every planned run is recorded
+    assert "- pararnn-gru within 5% of the Llama: " in report
+    assert "- pararnn-gru better than the Llama beyond 32 tokens: " in report
     assert (out / "lr_sweep.png").stat().st_size > 1000 and (out / "extrapolation.png").stat().st_size > 1000
 
 
