@@ -196,6 +196,11 @@ def cmd_sweep(args) -> None:
     print("parameters: " + ", ".join(f"{n} {c / 1e6:.3f}M" for n, c in counts.items()), flush=True)
     runs_dir = Path(args.out) / "runs"
     claims = Path(args.checkpoints) / "claims"
+    # the report reads the plan back, to tell whether the sweep has settled
+    plan = {"lrs": args.lrs, "seeds": args.seeds, "max_extend": args.max_extend, "models": args.models}
+    tmp = Path(args.out) / f"plan.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(plan, indent=1))
+    os.replace(tmp, Path(args.out) / "plan.json")
     done_now = 0
     while True:
         runs, busy = load_runs(runs_dir), active_claims(claims)
@@ -425,7 +430,13 @@ def cmd_report(args) -> None:
                 cells.append(f"{loss:.4f}" + ("" if delta is None else f" ({delta:+.4f})"))
             print(f"| {m} | " + " | ".join(cells) + " |")
     print()
-    pending = next_run(runs, args.models, tuple(args.lrs), args.seeds, args.max_extend)
+    plan = _read_json(out / "plan.json") or {
+        "lrs": args.lrs,
+        "seeds": args.seeds,
+        "max_extend": args.max_extend,
+        "models": args.models,
+    }
+    pending = next_run(runs, plan["models"], tuple(plan["lrs"]), plan["seeds"], plan["max_extend"])
     if pending is not None:
         print(f"Provisional: the sweep is not settled (the first run still to finish: {pending.name}).")
     train_len = max(r["seq_len"] for r in runs)
