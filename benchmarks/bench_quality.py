@@ -198,9 +198,7 @@ def cmd_sweep(args) -> None:
     claims = Path(args.checkpoints) / "claims"
     # the report reads the plan back, to tell whether the sweep has settled
     plan = {"lrs": args.lrs, "seeds": args.seeds, "max_extend": args.max_extend, "models": args.models}
-    tmp = Path(args.out) / f"plan.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(plan, indent=1))
-    os.replace(tmp, Path(args.out) / "plan.json")
+    _write_json(Path(args.out) / "plan.json", plan)
     done_now = 0
     while True:
         runs, busy = load_runs(runs_dir), active_claims(claims)
@@ -310,8 +308,18 @@ def cmd_extrapolate(args) -> None:
     result = {"lengths": lengths, "blocks": blocks.shape[0], "tokens": blocks.numel(), "text": text, "models": {}}
     result |= environment()
     result["common_tokens"] = blocks.shape[0] * (blocks.shape[1] - blocks.shape[1] // lengths[0])
+    result["blocks_sha1"] = hashlib.sha1(blocks.numpy().tobytes()).hexdigest()
+    path = Path(args.out) / "extrapolation.json"
+    # a model whose best checkpoint was already read on these very blocks is not read again
+    previous = _read_json(path) or {}
+    same_blocks = all(previous.get(k) == result[k] for k in ("lengths", "text", "blocks_sha1"))
     for name, record in best.items():
         lr = record["lr"]
+        done = previous.get("models", {}).get(name) if same_blocks else None
+        if done and done["checkpoint"] == record["checkpoint"]:
+            result["models"][name] = done
+            print(f"{name}: kept (lr {lr:.3g}, read before on the same blocks)", flush=True)
+            continue
         model = AutoModelForCausalLM.from_pretrained(record["checkpoint"]).eval()
         by_length = {n: token_losses(model, blocks, n) for n in lengths}
         # the same tokens at every length: those no window start of the shortest length skips
@@ -329,9 +337,15 @@ def cmd_extrapolate(args) -> None:
         }
         means = result["models"][name]["mean_loss"]
         print(f"{name}: " + ", ".join(f"{n}: {v:.4f}" for n, v in means.items()), flush=True)
-    path = Path(args.out) / "extrapolation.json"
-    path.write_text(json.dumps(result))
+        _write_json(path, result)  # after each model: a killed run keeps what it read
+    _write_json(path, result)
     print(f"wrote {path}")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 class StepClock(TrainerCallback):

@@ -213,6 +213,9 @@ def test_stages_end_to_end_at_toy_size(tmp_path):
         assert len(pos) == len(delta) == 64 and pos[0] is None and delta[32] is None
         # the first window of each length sees the same context: the same losses (causal models)
         assert max(abs(d) for d in delta[1:32]) < 1e-3
+    again = bench("extrapolate", "--lengths", "32", "64")  # the same checkpoints on the same blocks
+    assert "pararnn-gru: kept" in again and "llama: kept" in again
+    assert json.loads((out / "extrapolation.json").read_text()) == extrap
     bench("throughput", *toy, "--warmup-steps", "1")
     report = bench("report", "--plot")
     assert "| pararnn-gru | 3.24M |" in report  # the 5m shapes with a 300-token vocabulary
