@@ -197,7 +197,10 @@ def cmd_sweep(args) -> None:
     runs_dir = Path(args.out) / "runs"
     claims = Path(args.checkpoints) / "claims"
     # the report reads the plan back, to tell whether the sweep has settled
-    plan = {"lrs": args.lrs, "seeds": args.seeds, "max_extend": args.max_extend, "models": args.models}
+    # a sweep of some models (--models) adds them to the plan; it does not drop the others
+    earlier = (_read_json(Path(args.out) / "plan.json") or {}).get("models", [])
+    models = earlier + [m for m in args.models if m not in earlier]
+    plan = {"lrs": args.lrs, "seeds": args.seeds, "max_extend": args.max_extend, "models": models}
     _write_json(Path(args.out) / "plan.json", plan)
     done_now = 0
     while True:

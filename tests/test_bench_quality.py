@@ -188,9 +188,9 @@ def test_stages_end_to_end_at_toy_size(tmp_path):
     common += ["--corpus", str(texts), "--validation-percent", "10", "--vocab", "300"]
     toy = ["--steps", "2", "--batch", "2", "--seq-len", "32", "--eval-sequences", "2"]
 
-    def bench(*args):
+    def bench(*args, last=()):
         proc = subprocess.run(
-            [sys.executable, str(BENCH / "bench_quality.py"), *args, *common],
+            [sys.executable, str(BENCH / "bench_quality.py"), *args, *common, *last],
             capture_output=True,
             text=True,
             cwd=tmp_path,
@@ -202,6 +202,8 @@ def test_stages_end_to_end_at_toy_size(tmp_path):
     sweep = ["sweep", *toy, "--lrs", "1e-3", "2e-3", "--max-extend", "0", "--seeds", "1"]
     assert "sweep settled: 4 runs" in bench(*sweep)
     assert "sweep settled: 4 runs" in bench(*sweep)  # resumed: nothing left to run
+    bench(*sweep, last=["--models", "llama"])  # a sweep of one model keeps the others in the plan
+    assert json.loads((out / "plan.json").read_text())["models"] == ["pararnn-gru", "llama"]
     records = load_runs(out / "runs")
     assert {(r["model"], r["seed"]) for r in records} == {("pararnn-gru", 0), ("llama", 0)}
     assert all(r["recipe"]["adam_beta2"] == 0.95 and r["seq_len"] == 32 for r in records)
