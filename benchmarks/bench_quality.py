@@ -44,6 +44,7 @@ from quality_sweep import (
     losses_by_lr,
     next_run,
     summary,
+    write_json,
     write_run,
 )
 
@@ -190,18 +191,20 @@ def train_run(key: RunKey, args, train, evaluation) -> dict:
     }
 
 
+def sweep_plan(args, models: list[str]) -> dict:
+    return {"lrs": args.lrs, "seeds": args.seeds, "max_extend": args.max_extend, "models": models}
+
+
 def cmd_sweep(args) -> None:
     train, evaluation = load_data(args)
     counts = check_sizes(args.models, args)
     print("parameters: " + ", ".join(f"{n} {c / 1e6:.3f}M" for n, c in counts.items()), flush=True)
     runs_dir = Path(args.out) / "runs"
     claims = Path(args.checkpoints) / "claims"
-    # the report reads the plan back, to tell whether the sweep has settled
-    # a sweep of some models (--models) adds them to the plan; it does not drop the others
+    # the report reads the plan back, to tell whether the sweep has settled; a sweep of some
+    # models (--models) adds them to the plan, it does not drop the others
     earlier = (_read_json(Path(args.out) / "plan.json") or {}).get("models", [])
-    models = earlier + [m for m in args.models if m not in earlier]
-    plan = {"lrs": args.lrs, "seeds": args.seeds, "max_extend": args.max_extend, "models": models}
-    _write_json(Path(args.out) / "plan.json", plan)
+    write_json(Path(args.out) / "plan.json", sweep_plan(args, earlier + [m for m in args.models if m not in earlier]))
     done_now = 0
     while True:
         runs, busy = load_runs(runs_dir), active_claims(claims)
@@ -340,15 +343,9 @@ def cmd_extrapolate(args) -> None:
         }
         means = result["models"][name]["mean_loss"]
         print(f"{name}: " + ", ".join(f"{n}: {v:.4f}" for n, v in means.items()), flush=True)
-        _write_json(path, result)  # after each model: a killed run keeps what it read
-    _write_json(path, result)
+        write_json(path, result)  # after each model: a killed run keeps what it read
+    write_json(path, result)
     print(f"wrote {path}")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 class StepClock(TrainerCallback):
@@ -447,12 +444,7 @@ def cmd_report(args) -> None:
                 cells.append(f"{loss:.4f}" + ("" if delta is None else f" ({delta:+.4f})"))
             print(f"| {m} | " + " | ".join(cells) + " |")
     print()
-    plan = _read_json(out / "plan.json") or {
-        "lrs": args.lrs,
-        "seeds": args.seeds,
-        "max_extend": args.max_extend,
-        "models": args.models,
-    }
+    plan = _read_json(out / "plan.json") or sweep_plan(args, args.models)
     pending = next_run(runs, plan["models"], tuple(plan["lrs"]), plan["seeds"], plan["max_extend"])
     if pending is not None:
         print(f"Provisional: the sweep is not settled (the first run still to finish: {pending.name}).")

@@ -65,10 +65,16 @@ def write_run(folder: str | Path, record: dict) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{RunKey(record['model'], record['lr'], record['seed']).name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    write_json(path, record, indent=1)
     return path
+
+
+def write_json(path: Path, data: dict, indent: int | None = None) -> None:
+    """Writes ``path`` whole or not at all (a temporary name per process, then a rename), so a
+    killed writer or two workers writing at once never leave a torn file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=indent))
+    os.replace(tmp, path)
 
 
 def losses_by_lr(runs: list[dict], model: str) -> dict[float, list[float]]:
