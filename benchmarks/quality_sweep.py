@@ -99,6 +99,19 @@ def _done(runs: list[dict], key: RunKey) -> bool:
     return any(r["model"] == key.model and r["seed"] == key.seed and _same_lr(r["lr"], key.lr) for r in runs)
 
 
+def _extension(runs: list[dict], model: str, lo: float, hi: float, max_extend: int) -> RunKey | None:
+    """The seed-0 run one step beyond the tried rates while the best sits at that edge."""
+    tried = sorted(losses_by_lr(runs, model))
+    best = best_lr(runs, model)
+    below = sum(lr < lo and not _same_lr(lr, lo) for lr in tried)
+    above = sum(lr > hi and not _same_lr(lr, hi) for lr in tried)
+    if _same_lr(best, tried[0]) and below < max_extend:
+        return RunKey(model, tried[0] / STEP, 0)
+    if _same_lr(best, tried[-1]) and above < max_extend:
+        return RunKey(model, tried[-1] * STEP, 0)
+    return None
+
+
 def next_run(
     runs: list[dict],
     models: list[str],
@@ -108,31 +121,32 @@ def next_run(
     busy: frozenset[RunKey] = frozenset(),
 ) -> RunKey | None:
     """The next run the sweep needs, or None when it is settled or waits on ``busy`` runs
-    (taken by other workers): a model with a run in progress gets no run that depends on it."""
+    (taken by other workers): a model with a grid or extension run in progress gets no run
+    that depends on it; its seed runs may go on beside each other."""
     for lr in sorted(grid):
         for model in models:
             key = RunKey(model, lr, 0)
             if key not in busy and not _done(runs, key):
                 return key
-    # what follows depends on results: only for models with no run in progress
-    models = [m for m in models if not any(k.model == m for k in busy)]
+    # what follows depends on results. A run in progress at seed 0 can still change which
+    # rates are tried, so its model waits. One at a later seed cannot add a rate, only move
+    # the best through the mean: the other seeds may run beside it (at worst one of them lands
+    # beside the new best instead of at it, and is still a recorded seed).
+    models = [m for m in models if not any(k.model == m and k.seed == 0 for k in busy)]
     lo, hi = min(grid), max(grid)
     for model in models:
-        tried = sorted(losses_by_lr(runs, model))
-        best = best_lr(runs, model)
-        below = sum(lr < lo and not _same_lr(lr, lo) for lr in tried)
-        above = sum(lr > hi and not _same_lr(lr, hi) for lr in tried)
-        if _same_lr(best, tried[0]) and below < max_extend:
-            return RunKey(model, tried[0] / STEP, 0)
-        if _same_lr(best, tried[-1]) and above < max_extend:
-            return RunKey(model, tried[-1] * STEP, 0)
+        key = _extension(runs, model, lo, hi, max_extend)
+        if key is not None and not any(k.model == model for k in busy):
+            return key
     for model in models:
+        if _extension(runs, model, lo, hi, max_extend) is not None:
+            continue  # waits for its seed run in progress, which decides whether to extend
         tried, best = sorted(losses_by_lr(runs, model)), best_lr(runs, model)
         i = next(i for i, lr in enumerate(tried) if _same_lr(lr, best))
         for lr in tried[max(0, i - 1) : i + 2]:
             for seed in range(seeds):
                 key = RunKey(model, lr, seed)
-                if not _done(runs, key):
+                if key not in busy and not _done(runs, key):
                     return key
     return None
 

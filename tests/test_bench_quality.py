@@ -97,6 +97,30 @@ def test_busy_runs_are_skipped_and_hold_back_their_model():
     assert next_run(runs, MODELS, GRID, busy=both) is None
 
 
+def test_seed_runs_go_on_beside_each_other():
+    runs = grid_runs("gru", [3.0, 2.9, 2.8, 2.9])
+    # gru's best is 4e-3: its seed 1 there is in progress, the neighbours' seeds need not wait
+    busy = frozenset({RunKey("gru", 4e-3, 1)})
+    assert next_run(runs, ["gru"], GRID, busy=busy) == RunKey("gru", 2e-3, 1)
+    busy |= {RunKey("gru", 2e-3, 1)}
+    assert next_run(runs, ["gru"], GRID, busy=busy) == RunKey("gru", 8e-3, 1)
+    assert next_run(runs, ["gru"], GRID, busy=busy | {RunKey("gru", 8e-3, 1)}) is None
+
+
+def test_a_seed_run_in_progress_holds_back_an_extension():
+    # the best sits at the top of the tried rates, but a seed there is still running: whether
+    # to extend waits for it, and no other seed runs at a best that may move
+    runs = grid_runs("gru", [3.0, 2.9, 2.8, 2.7]) + [
+        {"model": "gru", "lr": 16e-3, "seed": 0, "eval_loss": 2.6},
+        {"model": "gru", "lr": 32e-3, "seed": 0, "eval_loss": 2.65},
+        {"model": "gru", "lr": 16e-3, "seed": 1, "eval_loss": 2.75},
+    ]
+    # mean at 16e-3 is 2.675 > 2.65: the best moved to 32e-3, the last tried rate
+    busy = frozenset({RunKey("gru", 32e-3, 1)})
+    assert next_run(runs, ["gru"], GRID, max_extend=3, busy=busy) is None
+    assert next_run(runs, ["gru"], GRID, max_extend=3) == RunKey("gru", 64e-3, 0)
+
+
 def test_claims_are_exclusive_and_a_dead_workers_claim_is_dropped(tmp_path):
     key = RunKey("gru", 2e-3, 1)
     mine = claim(tmp_path, key)
