@@ -9,8 +9,13 @@ import pararnn_hf
 from helpers import rel_err, tiny_config, tiny_model
 from pararnn_hf import ParaRNNConfig, ParaRNNForCausalLM, ParaRNNModel
 from pararnn_hf.modeling import configuration_pararnn
+from pararnn_hf.modeling.modeling_pararnn import CACHE_FIELD as CACHE_KW
 
 CELLS = ["gru", "lstm"]
+
+
+def cache_of(output):
+    return getattr(output, CACHE_KW)
 
 
 @pytest.mark.parametrize(
@@ -24,7 +29,9 @@ CELLS = ["gru", "lstm"]
         ({"rms_norm_eps": 0.0}, "rms_norm_eps must be a finite number > 0"),
         ({"newton_tolerance": -1.0}, "newton_tolerance must be a finite number > 0 or None"),
         ({"recurrent_prefill_chunk_size": 0}, "recurrent_prefill_chunk_size must be a positive int or None"),
-        ({"init_gate_bias": [0.0]}, "init_gate_bias must be two numbers"),
+        ({"init_gate_bias": [0.0]}, "init_gate_bias must be two finite numbers"),
+        ({"init_gate_bias": [0.0, float("nan")]}, "init_gate_bias must be two finite numbers"),
+        ({"init_gate_bias": [True, 1.0]}, "init_gate_bias must be two finite numbers"),
         ({"pad_token_id": 300}, r"pad_token_id must be in \[0, vocab_size=300\)"),
     ],
 )
@@ -130,6 +137,33 @@ def test_packed_documents_with_resets_equal_separate(cell):
     logits = model(packed, resets=resets).logits
     separate = torch.cat([model(d).logits for d in docs], dim=1)
     assert rel_err(logits, separate) < 1e-6
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 2e-6)])
+def test_a_reset_just_before_a_chunk_or_cache_boundary_does_not_leak_through_the_conv(cell, dtype, tol):
+    """Documents start 1, 2 and 3 tokens before a chunk boundary (within the conv's reach of
+    K - 1 = 3): one-shot, chunked prefill, a forward continued from its cache, and each
+    document alone agree to the solver's rounding (fp32: a few ulp of the logits' scale)."""
+    model = tiny_model(cell, conv_kernel=4).to(dtype)
+    ids = torch.randint(3, 300, (3, 24))
+    resets = torch.zeros(3, 24, dtype=torch.bool)
+    resets[:, 0] = True
+    for row, start in enumerate((7, 6, 5)):  # the chunk boundary is at t = 8
+        resets[row, start] = True
+    # the loss too: packed training runs with use_cache on by default
+    one_shot = model(ids, resets=resets, use_cache=False, labels=ids)
+    model.config.recurrent_prefill_chunk_size = 8
+    chunked = model(ids, resets=resets, use_cache=True, labels=ids)
+    assert rel_err(chunked.logits, one_shot.logits) < tol
+    assert abs(chunked.loss - one_shot.loss) / one_shot.loss < tol
+    model.config.recurrent_prefill_chunk_size = None
+    first = model(ids[:, :8], resets=resets[:, :8], use_cache=True)
+    rest = model(ids[:, 8:], resets=resets[:, 8:], **{CACHE_KW: cache_of(first)})
+    assert rel_err(torch.cat([first.logits, rest.logits], 1), one_shot.logits) < tol
+    for row, start in enumerate((7, 6, 5)):
+        alone = model(ids[row : row + 1, start:]).logits[0]
+        assert rel_err(one_shot.logits[row, start:], alone) < tol
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -129,6 +129,25 @@ class ParaRNNRMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def document_ids(resets: torch.Tensor, K: int) -> torch.Tensor:
+    """Which document each conv input belongs to, for ``xp`` = [conv tail (K-1 steps); x]: the
+    tail is document 0, and every reset at t starts the next one."""
+    B = resets.shape[0]
+    return torch.cat([resets.new_zeros(B, K - 1, dtype=torch.long), resets.long().cumsum(1)], dim=1)
+
+
+def conv_tail(xp: torch.Tensor, resets: torch.Tensor | None, K: int) -> torch.Tensor:
+    """The conv state to carry into the next chunk or step: the last ``K - 1`` conv inputs, with
+    those from before the last document reset among them zeroed. Every later step belongs to
+    that document or a newer one, so none may read them; zeros are what a document start reads
+    (the first chunk's tail), so chunked, cached and one-shot runs agree (docs/design.md#model)."""
+    tail = xp[:, xp.shape[1] - (K - 1) :]
+    if resets is None or K == 1:
+        return tail
+    doc = document_ids(resets, K)[:, xp.shape[1] - (K - 1) :]
+    return tail * (doc == doc[:, -1:]).unsqueeze(-1).to(tail.dtype)
+
+
 def causal_depthwise_conv(
     xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, resets: torch.Tensor | None
 ) -> torch.Tensor:
@@ -136,9 +155,9 @@ def causal_depthwise_conv(
     x (T steps)], as ``nn.Conv1d`` computes it. Inputs from before a document reset at or
     before t do not reach ``y_t``, so packed documents stay independent."""
     K = weight.shape[-1]
-    B, T = xp.shape[0], xp.shape[1] - (K - 1)
+    T = xp.shape[1] - (K - 1)
     if resets is not None:
-        doc = torch.cat([resets.new_zeros(B, K - 1, dtype=torch.long), resets.long().cumsum(1)], dim=1)
+        doc = document_ids(resets, K)
     y = xp[:, K - 1 :] * weight[:, 0, K - 1]
     for k in range(K - 1):
         term = xp[:, k : k + T] * weight[:, 0, k]
@@ -187,7 +206,7 @@ class ParaRNNMixer(nn.Module):
         if conv_state is None:
             conv_state = x.new_zeros(x.shape[0], K - 1, x.shape[-1])
         xp = torch.cat([conv_state.to(x.dtype), x], dim=1)
-        new_conv_state = xp[:, xp.shape[1] - (K - 1) :]
+        new_conv_state = conv_tail(xp, resets, K)
         x = F.silu(causal_depthwise_conv(xp, self.conv.weight, self.conv.bias, resets))
         if x.shape[1] == 1 and resets is None:  # decoding: one O(1) step
             y, new_rnn_state = self.cell.step(x[:, 0], rnn_state, mask=None if mask is None else mask[:, 0])
