@@ -114,11 +114,33 @@ def test_multi_head_projection_is_block_diagonal():
         ({"input_size": 8, "state_size": 8, "newton_max_iterations": 0}, ValueError, "newton_max_iterations"),
         ({"input_size": 8, "state_size": 8, "newton_tolerance": -1.0}, ValueError, "newton_tolerance"),
         ({"input_size": 8, "state_size": 8, "dtype": torch.int32}, TypeError, "dtype must be one of"),
+        ({"input_size": 8, "state_size": 8, "init_gate_bias": (0,)}, ValueError, "init_gate_bias must be two finite"),
+        ({"input_size": 8, "state_size": 8, "init_gate_bias": 5}, ValueError, "init_gate_bias must be two finite"),
+        (
+            {"input_size": 8, "state_size": 8, "init_gate_bias": (0, float("nan"))},
+            ValueError,
+            "init_gate_bias must be two finite",
+        ),
     ],
 )
 def test_bad_construction_raises(kwargs, error, match):
     with pytest.raises(error, match=match):
         ParaGRU(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_a_step_with_gradients_keeps_no_graph_alive(name):
+    """step() remembers its latest state for check_steps(); held with its graph, it leaked one
+    step's activations per layer and made deepcopy and torch.save fail."""
+    import copy
+    import io
+
+    layer = LAYERS[name](8, 6, num_heads=2)
+    y, state = layer.step(torch.randn(2, 8))
+    y.sum().backward()  # the graph is used and freed as in a training loop
+    assert layer._last_step_state is not None and layer._last_step_state.grad_fn is None
+    copy.deepcopy(layer)
+    torch.save(layer, io.BytesIO())
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -58,6 +58,14 @@ def check_resets(resets: Tensor | None, where: str) -> Tensor | None:
     return resets.bool()
 
 
+def check_gate_bias(value: Any, where: str) -> None:
+    """``init_gate_bias`` must be two finite numbers ``(lo, hi)``."""
+    ok = isinstance(value, (tuple, list)) and len(value) == 2
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not ok:
+        raise ValueError(f"{where} must be two finite numbers (lo, hi), got {value!r}")
+
+
 class ParaRNNConvergenceWarning(RuntimeWarning):
     """Newton did not converge within the iteration cap; the exact loop finished the solve."""
 
@@ -103,6 +111,7 @@ class ParaRNNLayer(nn.Module):
                 raise ValueError(f"{key} must be a finite number > 0 or None, got {value!r}")
         if dtype is not None and dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
+        check_gate_bias(init_gate_bias, "init_gate_bias")
         self.input_size, self.state_size, self.num_heads = input_size, state_size, num_heads
         self.backend = check_backend(backend)
         self.newton_max_iterations = newton_max_iterations
@@ -340,7 +349,9 @@ class ParaRNNLayer(nn.Module):
         # No check per token: a NaN/Inf that enters the state stays in it at every later step
         # (every update multiplies or adds the previous state), so the latest state tells for
         # all steps since the last check. check_steps() (once per generate()) reads it.
-        self._last_step_state = s
+        # detached: the check reads values, and a graph kept alive here would leak one step's
+        # activations per layer and make the module un-deepcopy-able
+        self._last_step_state = s.detach()
         if self.check_every_step:
             self.check_steps(x_t)
         return s[..., -1, :].to(x_t.dtype), self._public_state(s)

@@ -170,8 +170,10 @@ class ParaRNNConfig(PretrainedConfig):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"ParaRNNConfig: {key} must be true or false, got {getattr(self, key)!r}")
         bias = self.init_gate_bias
-        if len(bias) != 2 or not all(isinstance(v, (int, float)) and abs(v) < float("inf") for v in bias):
-            raise ValueError(f"ParaRNNConfig: init_gate_bias must be two numbers (lo, hi), got {bias!r}")
+        if len(bias) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf") for v in bias
+        ):
+            raise ValueError(f"ParaRNNConfig: init_gate_bias must be two finite numbers (lo, hi), got {bias!r}")
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, key, None)
             ids = value if isinstance(value, list) else [value]
