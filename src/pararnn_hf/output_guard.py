@@ -21,7 +21,7 @@ import re
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,7 +36,7 @@ class UnsafeOutputError(ValueError):
     """The output path would replace or delete something that must be kept."""
 
 
-def _kill_point(name: str) -> None:
+def kill_point(name: str) -> None:
     if os.environ.get(KILL_POINT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -82,7 +82,7 @@ def check_target(out: str | os.PathLike, overwrite: bool, keep: Iterable[str | o
     return target
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:
@@ -105,7 +105,7 @@ def clean_stale_temporaries(target: Path) -> list[Path]:
     stale = []
     for entry in target.parent.iterdir():
         m = pattern.match(entry.name)
-        if m and not _pid_alive(int(m.group(2))):
+        if m and not pid_alive(int(m.group(2))):
             stale.append((m.group(1), entry))
     if not target.exists():
         old = [e for kind, e in stale if kind == "old"]
@@ -147,17 +147,17 @@ def replace_folder(new: Path, target: Path) -> None:
     if not target.exists():
         os.rename(new, target)
         return
-    _kill_point("before-swap")
+    kill_point("before-swap")
     if _exchange(new, target):
-        _kill_point("after-swap")
+        kill_point("after-swap")
         shutil.rmtree(new)  # now the old folder
         return
     aside = _temporary(target, "old")
     os.rmdir(aside)
     os.rename(target, aside)
-    _kill_point("between-renames")
+    kill_point("between-renames")
     os.rename(new, target)
-    _kill_point("after-swap")
+    kill_point("after-swap")
     shutil.rmtree(aside)
 
 
@@ -175,11 +175,132 @@ def atomic_folder(out: str | os.PathLike, overwrite: bool, keep: Iterable[str | 
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        _kill_point("written")
+        kill_point("written")
         replace_folder(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Temporaries of this module inside a folder or beside it: never carried into a new version
+_OUR_TEMPORARY = re.compile(r"^\.(.+\.pararnn-(new|old)|pararnn-save)-\d+-[A-Za-z0-9_]+$")
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """``dst`` as a copy of ``src`` made of hard links (no data is copied; a file system without
+    hard links gets real copies)."""
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    elif src.is_dir():
+        dst.mkdir()
+        shutil.copystat(src, dst)
+        for entry in src.iterdir():
+            _link_tree(entry, dst / entry.name)
+    else:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+def _can_swap(target: Path) -> bool:
+    """Whether ``target`` can be replaced by a sibling folder: its parent takes new entries and
+    sits on the same file system (a mount point cannot be renamed over)."""
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = _temporary(target, "new")
+        os.rmdir(probe)
+    except OSError:
+        return False
+    return not target.exists() or target.stat().st_dev == parent.stat().st_dev
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _move_in(new: Path, target: Path, carry: Callable[[str], bool], marker: str) -> None:
+    """Put ``new``'s entries into ``target`` one rename at a time, for a folder that cannot be
+    swapped whole. ``marker`` (e.g. config.json) leaves first and arrives last, so the folder
+    reads as finished only when every other file is in place; old entries that ``carry``
+    rejects and ``new`` does not replace are removed."""
+    names = sorted(p.name for p in new.iterdir())
+    if (target / marker).exists():
+        os.remove(target / marker)
+    for entry in sorted(target.iterdir()):
+        if entry != new and entry.name not in names and not carry(entry.name) and not _OUR_TEMPORARY.match(entry.name):
+            _remove(entry)
+    for name in sorted(names, key=lambda n: n == marker):
+        if (target / name).exists() or (target / name).is_symlink():
+            _remove(target / name)
+        kill_point(f"moved-{name}")
+        os.replace(new / name, target / name)
+
+
+@contextmanager
+def updated_folder(out: str | os.PathLike, carry: Callable[[str], bool], marker: str = "config.json") -> Iterator[Path]:
+    """Yield an empty folder to write a new version of ``out`` into. When the block succeeds,
+    ``out`` becomes what the block wrote, plus the entries of the old ``out`` that it did not
+    write and that ``carry(name)`` accepts (e.g. a training run's checkpoints and logs, taken
+    over as hard links: nothing is copied). A failure or crash inside the block leaves ``out``
+    as it was.
+
+    Where the parent folder takes new entries, the new version is a sibling swapped in with
+    ``replace_folder``: at every instant ``out`` is the old or the new version. Otherwise
+    (a read-only parent, a mount point) the files move in one by one, ``marker`` last."""
+    target = _resolved(out)
+    if _can_swap(target):
+        clean_stale_temporaries(target)
+        tmp = _temporary(target, "new")
+        os.chmod(tmp, 0o777 & ~_umask())
+        try:
+            yield tmp
+            if target.is_dir():
+                for entry in sorted(target.iterdir()):
+                    written = (tmp / entry.name).exists() or (tmp / entry.name).is_symlink()
+                    if not written and carry(entry.name) and not _OUR_TEMPORARY.match(entry.name):
+                        _link_tree(entry, tmp / entry.name)
+            kill_point("model-written")
+            replace_folder(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in target.iterdir():  # what killed in-place saves left
+        m = _OUR_TEMPORARY.match(entry.name)
+        if m and entry.name.startswith(".pararnn-save-") and not pid_alive(int(entry.name.split("-")[2])):
+            shutil.rmtree(entry, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".pararnn-save-{os.getpid()}-", dir=target))
+    try:
+        yield tmp
+        kill_point("model-written")
+        _move_in(tmp, target, carry, marker)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable_folder(path: str | os.PathLike, what: str = "the output folder") -> Path:
+    """Fail now, not after the work, if files cannot be created in ``path`` (or, while it does
+    not exist, in its nearest existing parent). Probes by creating and removing a file, which
+    also catches read-only mounts and holds for root, whom permission bits do not stop."""
+    target = Path(path)
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"cannot write {what} {path}: {existing} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".pararnn-probe-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write {what} {path}: {err.strerror or err}") from None
+    return target
 
 
 def _umask() -> int:
@@ -211,6 +332,23 @@ def check_writable_file(path: str | os.PathLike) -> Path:
     except OSError as err:
         raise PermissionError(f"cannot write {path}: {err.strerror or err}") from None
     return target
+
+
+def check_output_file(path: str | os.PathLike, overwrite: bool) -> Path:
+    """A results file the user asked for: never one of a model folder's own files (its config,
+    weights, tokenizer or code), an existing file only with ``overwrite``, and one that can be
+    written (``check_writable_file``)."""
+    from .model_files import CONFIG_NAME, is_model_file
+
+    target = Path(path)
+    if is_model_file(target.name) and (target.parent / CONFIG_NAME).is_file():
+        raise FileExistsError(
+            f"{path} is one of the model folder's own files; writing results there would break the model. "
+            "Name another file"
+        )
+    if (target.exists() or target.is_symlink()) and not target.is_dir() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or name another file")
+    return check_writable_file(target)
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
