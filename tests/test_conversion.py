@@ -420,3 +420,75 @@ def test_lm_keys_outside_the_layout_are_still_refused(tmp_path, saved):
     save_file(state, str(tmp_path / "odd.safetensors"))
     with pytest.raises(ConversionError, match=r"unknown keys \['blocks\.1\.residual_scale'\]"):
         from_reference(tmp_path / "x", lm=str(tmp_path / "odd.safetensors"), show_progress=False)
+
+
+def test_an_untied_head_under_a_tied_config_is_refused(tmp_path, saved):
+    """A config that omits tie_word_embeddings (default True) must not let the checkpoint's own
+    lm_head overwrite the embedding."""
+    _, folder = saved("gru", tie_word_embeddings=False)
+    to_reference(str(folder), tmp_path / "ref", show_progress=False)
+    config = json.loads((tmp_path / "ref" / "config.json").read_text())
+    del config["tie_word_embeddings"]
+    (tmp_path / "tied.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match="lm_head.weight differs from embedding.weight.*tie_word_embeddings"):
+        from_reference(
+            tmp_path / "out", lm=str(tmp_path / "ref" / "lm.safetensors"), config=str(tmp_path / "tied.json")
+        )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_round_trip_through_the_reference_layout_keeps_every_setting(cell, tmp_path, saved):
+    """to-reference writes a sidecar beside lm.safetensors with what the tensors do not carry
+    (norm epsilon, token ids, ...); from-reference --lm reads it back: same config, same
+    logits, and generation still stops at EOS."""
+    model, folder = saved(
+        cell, rms_norm_eps=1e-5, mixer_residual_scale=True, mlp_residual=False, newton_max_iterations=6
+    )
+    to_reference(str(folder), tmp_path / "ref", show_progress=False)
+    assert (tmp_path / "ref" / "lm.pararnn.json").is_file()
+    from_reference(tmp_path / "back", lm=str(tmp_path / "ref" / "lm.safetensors"), show_progress=False)
+    back = ParaRNNForCausalLM.from_pretrained(tmp_path / "back").eval()
+    for key in ("rms_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id", "newton_max_iterations"):
+        assert getattr(back.config, key) == getattr(model.config, key), key
+    ids = torch.randint(3, 300, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, model(ids).logits)
+    # an EOS a few tokens in: both stop there, and pad the finished row the same way
+    step = model.generate(ids[:1], max_new_tokens=3, do_sample=False)[0, -1].item()
+    model.config.eos_token_id = back.config.eos_token_id = step
+    model.generation_config.eos_token_id = back.generation_config.eos_token_id = step
+    a = model.generate(ids, max_new_tokens=8, do_sample=False)
+    b = back.generate(ids, max_new_tokens=8, do_sample=False)
+    assert torch.equal(a, b) and (a[0, 9:] == step).any()
+
+
+def test_a_sidecar_of_another_checkpoint_is_refused(tmp_path, saved):
+    _, folder = saved("gru")
+    to_reference(str(folder), tmp_path / "ref", show_progress=False)
+    side = tmp_path / "ref" / "lm.pararnn.json"
+    data = json.loads(side.read_text())
+    data["config"]["hidden_size"] = 64
+    side.write_text(json.dumps(data))
+    with pytest.raises(ConversionError, match=r"lm.pararnn.json gives hidden_size=64 but the checkpoint's tensors"):
+        from_reference(tmp_path / "out", lm=str(tmp_path / "ref" / "lm.safetensors"), show_progress=False)
+
+
+def test_cells_into_a_base_keep_the_base_dtype_and_shape(tmp_path, saved):
+    model, folder = saved("gru")
+    index = to_reference(str(folder), tmp_path / "ref", dtype="bfloat16", show_progress=False)
+    cells = [str(tmp_path / "ref" / c) for c in index["cells"]]
+    from_reference(tmp_path / "out", cells=cells, base=str(folder), show_progress=False)
+    out = ParaRNNForCausalLM.from_pretrained(tmp_path / "out")
+    assert out.dtype == torch.float32
+    base_only = {k: v for k, v in model.state_dict().items() if ".cell." not in k}
+    got = out.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in base_only.items())  # not rounded through bf16
+    assert torch.equal(got["model.layers.0.mixer.cell.A"], model.model.layers[0].mixer.cell.A.bfloat16().float())
+    # a config with more layers than the base would leave the extra layers random: refused
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 3
+    (tmp_path / "deeper.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match="does not match the model in .*missing keys: model.layers.2"):
+        from_reference(tmp_path / "deeper", cells=cells[:1] * 3, config=str(tmp_path / "deeper.json"), base=str(folder))
+    assert not (tmp_path / "deeper").exists()

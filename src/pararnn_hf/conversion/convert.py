@@ -10,10 +10,20 @@ from pathlib import Path
 
 import torch
 
+from ..model_cards.stamp import marker_line, stamp
 from ..modeling import ParaRNNConfig, ParaRNNForCausalLM
 from ..output_guard import atomic_folder, check_target
 from .io import DTYPES, ConversionError, load_state_dict, progress
-from .reference import CELL_KEYS, cells_from_files, hf_from_lm, infer_config_from_lm, lm_from_hf
+from .reference import (
+    CELL_KEYS,
+    cells_from_files,
+    config_from_lm_and_sidecar,
+    hf_from_lm,
+    infer_config_from_lm,
+    lm_from_hf,
+    sidecar,
+    sidecar_path,
+)
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -64,15 +74,29 @@ def _load_config(path: str | os.PathLike) -> ParaRNNConfig:
         raise ConversionError(f"{path}: {err}") from None
 
 
-def _load_model(model_dir: str | os.PathLike, **kwargs) -> ParaRNNForCausalLM:
-    """A saved ParaRNN folder; a missing, truncated or corrupt one is a ConversionError."""
+def _load_model(model_dir: str | os.PathLike, strict: bool = False, **kwargs) -> ParaRNNForCausalLM:
+    """A saved ParaRNN folder; a missing, truncated or corrupt one is a ConversionError. With
+    ``strict``, every weight of the model must come from the folder (a ``config`` with more
+    layers or other shapes would leave some freshly initialised)."""
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"no saved model folder at {model_dir} (no config.json)")
     try:
-        return ParaRNNForCausalLM.from_pretrained(model_dir, **kwargs)
+        model, info = ParaRNNForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kwargs)
     except Exception as err:  # safetensors, torch and transformers raise many types for bad files
         text = " ".join(str(err).split())
         raise ConversionError(f"cannot load the model in {model_dir} ({type(err).__name__}: {text})") from None
+    if strict:
+        problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        problems = {k: [str(x) for x in v] for k, v in problems.items() if v}
+        if problems:
+            what = "; ".join(
+                f"{k.replace('_', ' ')}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''}" for k, v in problems.items()
+            )
+            raise ConversionError(
+                f"the config does not match the model in {model_dir} ({what}); give a config of the same "
+                "shape as --base, or leave --config out to use the base's own"
+            )
+    return model
 
 
 def _copy_tokenizer(source: str | os.PathLike | None, target: Path) -> list[str]:
@@ -89,7 +113,7 @@ def write_card_stub(folder: Path, config: ParaRNNConfig, provenance: str) -> Non
     """A minimal Hub model card; ``pararnn-hf card`` writes the full one."""
     text = (
         "---\nlibrary_name: transformers\npipeline_tag: text-generation\n"
-        f"tags:\n- pararnn\n- para{config.cell}\n- rnn\n---\n\n"
+        f"tags:\n- pararnn\n- para{config.cell}\n- rnn\n---\n{marker_line('convert')}\n\n"
         f"# Para{config.cell.upper()} language model\n\n{provenance}\n\n"
         f"- {config.num_hidden_layers} layers, width {config.hidden_size}, cell width {config.d_inner}, "
         f"{config.num_heads} heads, vocabulary {config.vocab_size}\n\n"
@@ -97,7 +121,7 @@ def write_card_stub(folder: Path, config: ParaRNNConfig, provenance: str) -> Non
         "from transformers import AutoModelForCausalLM\n"
         'model = AutoModelForCausalLM.from_pretrained("PATH")\n```\n'
     )
-    (folder / "README.md").write_text(text)
+    (folder / "README.md").write_text(stamp(text))
 
 
 def _save(model: ParaRNNForCausalLM, tmp: Path, dtype: torch.dtype | None, max_shard_size: str) -> None:
@@ -130,7 +154,13 @@ def from_reference(
     report: dict = {"out": str(out)}
     if lm:
         state = load_state_dict(lm)
-        cfg = _load_config(config) if config else infer_config_from_lm(state)
+        beside = sidecar_path(lm)
+        if config:
+            cfg = _load_config(config)
+        elif beside.is_file():  # written by to-reference: what the tensors do not carry
+            cfg = config_from_lm_and_sidecar(state, beside)
+        else:
+            cfg = infer_config_from_lm(state)
         hf_state = hf_from_lm(state, cfg)
         # built in the dtype it is saved in: loading float64 weights into float32 would round them
         model = ParaRNNForCausalLM(cfg).to(torch_dtype or _source_dtype(hf_state.values()))
@@ -141,7 +171,7 @@ def from_reference(
             raise ValueError("--cells needs --config CONFIG.json or --base DIR to know the model shape")
         cfg = _load_config(config) if config else _load_config(base)
         if base:
-            model = _load_model(base, config=cfg)
+            model = _load_model(base, strict=True, config=cfg)
             report["rest"] = f"non-cell weights from {base}"
         else:
             torch.manual_seed(seed)
@@ -149,7 +179,8 @@ def from_reference(
             report["rest"] = f"non-cell weights freshly initialised (seed {seed})"
         states = [load_state_dict(p) for p in progress(cells, "reading cells", show_progress)]
         layer_cells = cells_from_files(states, [str(p) for p in cells], cfg)
-        model.to(torch_dtype or _source_dtype(v for cell in layer_cells for v in cell.values()))
+        # the base's own dtype: its weights are not rounded to the cells' (bf16 cells widen exactly)
+        model.to(torch_dtype or (model.dtype if base else _source_dtype(v for c in layer_cells for v in c.values())))
         with torch.no_grad():
             for k, cell in enumerate(progress(layer_cells, "placing cells", show_progress)):
                 target = model.model.layers[k].mixer.cell
@@ -209,6 +240,8 @@ def to_reference(
             _write(cell, tmp / name, fmt)
             cell_files.append(name)
         cfg.to_json_file(str(tmp / "config.json"))
+        side = sidecar_path(tmp / f"lm.{fmt}")
+        side.write_text(json.dumps(sidecar(cfg, f"lm.{fmt}"), indent=2))
         index = {
             "format": "pararnn-reference",
             "cell": cfg.cell,
@@ -216,6 +249,7 @@ def to_reference(
             "lm": f"lm.{fmt}",
             "cells": cell_files,
             "config": "config.json",
+            "sidecar": side.name,
             "source": str(model_dir),
         }
         (tmp / "index.json").write_text(json.dumps(index, indent=2))

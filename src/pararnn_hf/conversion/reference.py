@@ -15,7 +15,9 @@ them back.
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import torch
 
@@ -163,6 +165,62 @@ def infer_config_from_lm(state: dict[str, torch.Tensor], **overrides) -> ParaRNN
     return ParaRNNConfig(**kwargs)
 
 
+# The config keys that the LM layout's tensors determine (infer_config_from_lm); a sidecar
+# adds every other key, and must agree with the tensors on these.
+SHAPE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "expand",
+    "num_heads",
+    "conv_kernel",
+    "intermediate_size",
+    "tie_word_embeddings",
+    "cell",
+    "mixer_residual_scale",
+    "mlp_residual",
+)
+_NOT_CONFIG = ("model_type", "auto_map", "architectures", "transformers_version", "dtype", "torch_dtype")
+SIDECAR_FORMAT = "pararnn-reference-sidecar"
+
+
+def sidecar_path(lm_file: str | Path) -> Path:
+    """The sidecar of a reference LM file: ``lm.safetensors`` -> ``lm.pararnn.json``."""
+    lm_file = Path(lm_file)
+    return lm_file.with_name(f"{lm_file.name.split('.')[0]}.pararnn.json")
+
+
+def sidecar(config: ParaRNNConfig, lm_name: str) -> dict:
+    """What an exact round trip needs beside an LM-layout file: the config keys its tensors do
+    not carry (norm epsilon, token ids, solver and initialisation settings...)."""
+    values = {k: v for k, v in config.to_dict().items() if k not in _NOT_CONFIG}
+    return {"format": SIDECAR_FORMAT, "file": lm_name, "config": values}
+
+
+def config_from_lm_and_sidecar(state: dict[str, torch.Tensor], path: Path) -> ParaRNNConfig:
+    """The LM's config: shapes from its tensors, the rest from the sidecar at ``path``, which
+    must agree with the tensors (a sidecar of another checkpoint is refused by name)."""
+    inferred = infer_config_from_lm(state)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        values = dict(data["config"])
+        if data.get("format") != SIDECAR_FORMAT:
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConversionError(f"{path} is not a pararnn-hf sidecar (JSON with format {SIDECAR_FORMAT!r})") from None
+    for key in SHAPE_KEYS:
+        if key in values and values[key] != getattr(inferred, key):
+            raise ConversionError(
+                f"{path} gives {key}={values[key]!r} but the checkpoint's tensors give {getattr(inferred, key)!r}: "
+                "the sidecar belongs to another checkpoint; remove it, or pass --config"
+            )
+    extras = {k: v for k, v in values.items() if k not in SHAPE_KEYS and k not in _NOT_CONFIG}
+    try:
+        return infer_config_from_lm(state, **extras)
+    except (TypeError, ValueError) as err:
+        raise ConversionError(f"{path}: {err}") from None
+
+
 def _in_model(hf_suffix: str, config: ParaRNNConfig) -> bool:
     if hf_suffix.endswith("cell.C"):
         return config.cell == "lstm"
@@ -191,6 +249,14 @@ def hf_from_lm(state: dict[str, torch.Tensor], config: ParaRNNConfig) -> dict[st
         cell_keys = {n: out[f"model.layers.{k}.mixer.cell.{n}"] for n in CELL_KEYS[config.cell]}
         for n, v in cell_from_reference(cell_keys, config, f"layer {k} rnn_cell").items():
             out[f"model.layers.{k}.mixer.cell.{n}"] = v
+    head, embedding = state.get("lm_head.weight"), state.get("embedding.weight")
+    if config.tie_word_embeddings and head is not None and embedding is not None and not torch.equal(head, embedding):
+        # loading both into one tied matrix would silently keep whichever comes last
+        raise ConversionError(
+            "the config ties the head to the embedding (tie_word_embeddings is true, the default when the key is "
+            "missing), but the checkpoint's lm_head.weight differs from embedding.weight; set "
+            '"tie_word_embeddings": false in the config'
+        )
     for ref, hf in GLOBAL_MAP:
         if ref in state:
             out[hf] = state[ref]
