@@ -2,6 +2,7 @@
 batch-size invariance, model cards and their metadata, presets' parameter counts."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from pararnn_hf import ParaRNNConfig, ParaRNNForCausalLM
 from pararnn_hf.cli import main
 from pararnn_hf.eval import LOCAL_TASKS, run_eval, tasks_path, write_local_tasks
 from pararnn_hf.model_cards import CardError, preset_files, render_card, validate_card_text, write_card
+from pararnn_hf.model_cards.stamp import is_unedited
 from pararnn_hf.presets import count_parameters, preset_config
 
 
@@ -144,12 +146,57 @@ def test_write_card_keeps_a_users_readme(model_dir, tmp_path):
     folder = tmp_path / "m"
     shutil.copytree(model_dir, folder)
     (folder / "README.md").write_text("# my own notes\n")
-    with pytest.raises(FileExistsError, match="was not written by pararnn-hf"):
+    with pytest.raises(FileExistsError, match="not a card pararnn-hf wrote"):
         write_card(folder)
     assert (folder / "README.md").read_text() == "# my own notes\n"
     write_card(folder, overwrite=True)
     write_card(folder)  # ours now: rewritten without --overwrite
     validate_card_text((folder / "README.md").read_text())
+
+
+@pytest.mark.parametrize("writer", ["card", "convert"])
+def test_a_generated_readme_is_rewritten_only_while_nobody_edited_it(model_dir, tmp_path, writer):
+    """A README pararnn-hf wrote (card, or a conversion's stub) is regenerated; the same README
+    with one character changed is the user's and needs --overwrite."""
+    folder = tmp_path / "m"
+    if writer == "card":
+        shutil.copytree(model_dir, folder)
+        write_card(folder)
+    else:
+        from pararnn_hf.conversion import from_reference, to_reference
+
+        from_ref = tmp_path / "ref"
+        to_reference(str(model_dir), from_ref, show_progress=False)
+        from_reference(folder, lm=str(from_ref / "lm.safetensors"), show_progress=False)
+    ours = (folder / "README.md").read_text()
+    assert is_unedited(ours)
+    write_card(folder)  # unedited: regenerated without --overwrite
+    for edited in (ours.replace("# ", "# My ", 1), ours + "\nmy notes\n", ours.replace("pararnn", "Pararnn", 1)):
+        (folder / "README.md").write_text(edited)
+        assert not is_unedited(edited)
+        with pytest.raises(FileExistsError, match="not a card pararnn-hf wrote and nobody edited since"):
+            write_card(folder)
+        assert (folder / "README.md").read_text() == edited
+    write_card(folder, overwrite=True)
+    assert is_unedited((folder / "README.md").read_text())
+
+
+def test_eval_never_replaces_a_file_unasked_nor_a_models_own_files(model_dir, tmp_path):
+    argv = ["eval", "--model", str(model_dir), "--tasks", "pararnn_stdlib_ppl", "--limit", "1"]
+    (tmp_path / "results.json").write_text("mine")
+    with pytest.raises(SystemExit, match="results.json already exists; pass --overwrite"):
+        main([*argv, "--output", str(tmp_path / "results.json")])
+    assert (tmp_path / "results.json").read_text() == "mine"
+    config = (model_dir / "config.json").read_bytes()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        with pytest.raises(SystemExit, match="one of the model folder's own files"):
+            main([*argv, "--output", str(model_dir / name), "--overwrite"])
+    assert (model_dir / "config.json").read_bytes() == config
+    assert main([*argv, "--output", str(tmp_path / "results.json"), "--overwrite"]) == 0
+    assert "results" in json.loads((tmp_path / "results.json").read_text())
+    assert main(argv) == 0  # the default, MODEL/eval_results.json, the first time
+    with pytest.raises(SystemExit, match="eval_results.json already exists"):
+        main(argv)
 
 
 def test_cli_eval_then_card(model_dir, tmp_path, capsys):
