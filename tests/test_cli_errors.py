@@ -26,7 +26,11 @@ def fails(argv, cmd, match):
 
 
 def test_generate_argument_errors(model_dir, tmp_path):
-    fails(["generate", "--model", str(model_dir), "--prompt", "x", "--max-new-tokens", "0"], "generate", "at least 1")
+    fails(
+        ["generate", "--model", str(model_dir), "--prompt", "x", "--max-new-tokens", "0"],
+        "generate",
+        "--max-new-tokens must be an integer >= 1, got '0'",
+    )
     fails(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"], "generate", "no such model folder")
     fails(["generate", "--model", str(model_dir), "--prompt", ""], "generate", "the prompt is empty")
     if not torch.cuda.is_available():
@@ -133,3 +137,148 @@ def test_eval_include_paths_are_checked(model_dir, tmp_path):
     fails(["eval", "--model", str(model_dir), "--include-path", str(tmp_path / "tasks")], "eval", "not valid YAML")
     (tmp_path / "empty").mkdir()
     fails(["eval", "--model", str(model_dir), "--include-path", str(tmp_path / "empty")], "eval", "no task YAML")
+
+
+def test_train_values_out_of_range_are_refused_before_any_work(tmp_path, monkeypatch):
+    """Each would train nothing, drop data or fail after the run; none creates the folder."""
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (["--max_steps", "-1", "--num_train_epochs", "-1"], "--num_train_epochs (with --max_steps -1) must be"),
+        (["--max_steps", "0"], "--max_steps must be an integer >= 1, or -1"),
+        (["--max_eval_sequences", "-1"], "--max_eval_sequences must be an integer >= 1, got -1"),
+        (["--max_eval_sequences", "0"], "--max_eval_sequences must be an integer >= 1, got 0"),
+        (["--eval_strategy", "steps", "--eval_steps", "0"], "--eval_steps must be a finite number > 0, got 0.0"),
+        (["--weight_decay", "nan"], "--weight_decay must be a finite number >= 0, got nan"),
+        (["--learning_rate", "inf"], "--learning_rate must be a finite number > 0, got inf"),
+        (["--seq_len", "1"], "--seq_len must be an integer >= 2, got 1"),
+        (["--max_steps", "abc"], "--max_steps: invalid int value: 'abc'"),
+    ]
+    for extra, match in cases:
+        fails(["train", "--output_dir", "run", *extra], "train", match)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_needs_an_output_dir_and_a_writable_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fails(["train"], "train", "give --output_dir DIR")
+    assert not (tmp_path / "trainer_output").exists()
+    fails(["train", "--output_dir", "."], "train", "is the current directory")
+    (tmp_path / "a-file").write_text("x")
+    fails(["train", "--output_dir", "a-file/run"], "train", "cannot write the output folder a-file/run")
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    with read_only(readonly):
+        fails(["train", "--output_dir", str(readonly / "run")], "train", "cannot write the output folder")
+
+
+class read_only:
+    """A folder nobody may write into, root included (chattr +i where the file system allows
+    it, else the permission bits for a non-root user, else a refusing probe)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __enter__(self):
+        import os
+
+        self.how = None
+        if os.geteuid() != 0:
+            self.folder.chmod(0o555)
+            self.how = "chmod"
+        elif subprocess.run(["chattr", "+i", str(self.folder)], capture_output=True).returncode == 0:
+            self.how = "chattr"
+        else:
+            import tempfile
+
+            self.patch = pytest.MonkeyPatch()
+            real = tempfile.NamedTemporaryFile
+
+            def refusing(*args, dir=None, **kwargs):
+                if dir is not None and str(dir).startswith(str(self.folder)):
+                    raise PermissionError(13, "Read-only file system")
+                return real(*args, dir=dir, **kwargs)
+
+            self.patch.setattr(tempfile, "NamedTemporaryFile", refusing)
+        return self.folder
+
+    def __exit__(self, *exc):
+        if self.how == "chmod":
+            self.folder.chmod(0o755)
+        elif self.how == "chattr":
+            subprocess.run(["chattr", "-i", str(self.folder)], check=True)
+        else:
+            self.patch.undo()
+
+
+def test_demo_values_out_of_range_are_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (["--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1, got '0'"),
+        (["--prompt", ""], "--prompt must be some text, got ''"),
+        (["--eval-limit", "-1"], "--eval-limit must be an integer >= 1, got '-1'"),
+        (["--steps", "0"], "--steps must be an integer >= 1, got '0'"),
+        (["--steps", "-1"], "--steps must be an integer >= 1, got '-1'"),
+        (["--max-eval-sequences", "0"], "--max-eval-sequences must be an integer >= 1"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number > 0, got 'nan'"),
+    ]
+    for extra, match in cases:
+        fails(["demo", "--output", "d", *extra], "demo", match)
+    from pararnn_hf.training.demo import run_demo
+
+    with pytest.raises(ValueError, match="--eval-limit must be an integer >= 1, got 0"):
+        run_demo(output="d", eval_limit=0)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "README.md").write_text("# my notes\n")
+    fails(["demo", "--output", "d"], "demo", "not a card pararnn-hf wrote")  # before training, not after
+    assert not (tmp_path / "d" / "config.json").exists()
+
+
+def test_eval_values_out_of_range_are_refused_before_any_work(model_dir):
+    argv = ["eval", "--model", str(model_dir)]
+    fails([*argv, "--batch-size", "abc"], "eval", "--batch-size must be an integer >= 1, 'auto' or 'auto:N'")
+    fails([*argv, "--batch-size", "0"], "eval", "--batch-size must be an integer >= 1")
+    fails([*argv, "--num-fewshot", "-1"], "eval", "--num-fewshot must be an integer >= 0")
+    fails([*argv, "--prefill-chunk-size", "0"], "eval", "--prefill-chunk-size must be an integer >= 1")
+    fails([*argv, "--prefill-chunk-size", "-1"], "eval", "--prefill-chunk-size must be an integer >= 1")
+    fails([*argv, "--limit", "0"], "eval", "--limit must be a finite number > 0")
+    from pararnn_hf.eval.lm import ParaRNNLM
+
+    with pytest.raises(ValueError, match="prefill_chunk_size must be an integer >= 1, got -1"):
+        ParaRNNLM(str(model_dir), prefill_chunk_size="-1")
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [(b"", "config.json is empty"), (b"\xff\xfe{}", "config.json is not UTF-8"), (b"[1, 2]", "got a list")],
+)
+def test_an_unreadable_config_json_is_named(model_dir, content, match):
+    (model_dir / "config.json").write_bytes(content)
+    fails(["generate", "--model", str(model_dir), "--prompt", "x"], "generate", match)
+    fails(["eval", "--model", str(model_dir)], "eval", match)
+    fails(["train", "--model", str(model_dir), "--output_dir", str(model_dir.parent / "t")], "train", match)
+
+
+def test_a_parameter_that_training_drives_to_nan_is_named_with_its_step(tmp_path):
+    """Not the first layer's "input x": the parameter that turned NaN, and the update that did it."""
+    from transformers import TrainerCallback, TrainingArguments
+
+    from pararnn_hf.training.trainer import ParaRNNTrainer
+
+    class Poison(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+
+    ids = torch.randint(3, 300, (8, 12))
+    data = [{"input_ids": row, "labels": row} for row in ids]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=2, report_to="none",
+        use_cpu=True, save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    trainer = ParaRNNTrainer(model=tiny_model("gru").train(), args=args, train_dataset=data, callbacks=[Poison()])
+    with pytest.raises(
+        FloatingPointError,
+        match=r"training step 3: parameter model.layers.0.mlp.up_proj.weight turned NaN/Inf in the update of step 2",
+    ):
+        trainer.train()

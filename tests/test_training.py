@@ -109,7 +109,7 @@ def test_output_folder_with_a_model_is_not_overwritten(tmp_path, corpus_dir):
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.json").write_text("{}")
-    with pytest.raises(FileExistsError, match="already holds a finished model"):
+    with pytest.raises(FileExistsError, match=r"holds an incomplete model \(config.json: it holds no model weights\)"):
         run_training(
             ModelArguments(config=tiny_config_file(tmp_path)),
             DataArguments(data=[str(corpus_dir)], seq_len=32, vocab_size=300),
@@ -178,7 +178,10 @@ def test_cli_train_then_fine_tune(tmp_path, corpus_dir, capsys):
         )
         == 0
     )
-    assert "perplexity" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "perplexity" in out
+    # the plan, before the first step: steps, tokens (3 steps of 2 sequences of 32) and the folder
+    assert "pararnn-hf train: 3 steps, 192 tokens (" in out and f"of 32 per epoch) into {first.resolve()}" in out
     tuned = tmp_path / "tuned"
     assert (
         main(
@@ -276,6 +279,8 @@ def test_two_process_gloo_run_matches_one_process(tmp_path, corpus_dir):
             *common,
             "--per_device_train_batch_size",
             "2",
+            "--save_steps",
+            "2",
             "--ddp_backend",
             "gloo",
             "--output_dir",
@@ -290,6 +295,12 @@ def test_two_process_gloo_run_matches_one_process(tmp_path, corpus_dir):
     assert proc.stdout.count("saved to") == 1  # rank 0 reports; the other rank stays quiet
     assert proc.stdout.count("pararnn-hf train: world size 2 (gloo) on cpu") == 1
     assert json.loads((ddp / "train_summary.json").read_text())["world_size"] == 2
+    # each checkpoint went through one staging folder that both processes wrote their RNG state into
+    for step in (2, 4):
+        assert {"rng_state_0.pth", "rng_state_1.pth", "model.safetensors"} <= {
+            p.name for p in (ddp / f"checkpoint-{step}").iterdir()
+        }
+    assert not [p.name for p in ddp.iterdir() if p.name.startswith(".")]
     assert json.loads((single / "train_summary.json").read_text())["world_size"] == 1
     one, two = _losses(single), _losses(ddp)
     assert len(one) == len(two) == 4

@@ -6,13 +6,17 @@ import argparse
 import importlib.metadata
 import os
 import platform
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from .cells import CELL_NAMES
 from .extras import MissingExtraError, require_extras
+from .model_files import TOKENIZER_FILES, read_config
 from .ops.dispatch import BACKENDS
+from .ranges import argument, eval_batch_size
 
 
 def _version(dist: str) -> str:
@@ -41,8 +45,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 # (ValueError, with ConversionError, CardError and UnsafeOutputError; TypeError), NaN/Inf.
 USER_ERRORS = (OSError, ValueError, TypeError, ArithmeticError, MissingExtraError)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
 
 def check_device(cmd: str, device: str) -> None:
     """A device string torch understands, and one this machine has."""
@@ -65,6 +67,10 @@ def check_model_folder(cmd: str, model_dir: str, need_tokenizer: bool = False) -
         raise SystemExit(f"pararnn-hf {cmd}: no such model folder: {model_dir}")
     if not (folder / "config.json").is_file():
         raise SystemExit(f"pararnn-hf {cmd}: {model_dir} is not a saved model folder (no config.json)")
+    try:
+        read_config(folder)  # an unreadable config.json is named here, not blamed on what reads it next
+    except ValueError as err:
+        raise SystemExit(f"pararnn-hf {cmd}: {' '.join(str(err).split())}") from None
     if need_tokenizer and not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise SystemExit(
             f"pararnn-hf {cmd}: {model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
@@ -104,10 +110,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import TextStreamer
 
-    if args.max_new_tokens < 1:
-        raise SystemExit(f"pararnn-hf generate: --max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.num_beams < 1:
-        raise SystemExit(f"pararnn-hf generate: --num-beams must be at least 1, got {args.num_beams}")
     if args.compile and (args.do_sample or args.num_beams != 1 or args.repetition_penalty != 1.0):
         raise SystemExit(
             "pararnn-hf generate: --compile decodes greedily; drop --do-sample, --num-beams and --repetition-penalty"
@@ -178,7 +180,24 @@ def cmd_train(argv: list[str]) -> int:
 
     from .training import DataArguments, ModelArguments, run_training
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="pararnn-hf train")
+    class Parser(HfArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            one_line_usage_error(self, message)
+
+    if not any(a.split("=", 1)[0] in ("--output_dir", "--output-dir") for a in argv) and not (
+        {"-h", "--help"} & set(argv)
+    ):
+        # transformers' scripts require it too: a run with no arguments would start thousands
+        # of steps into ./trainer_output
+        raise ValueError("which folder? give --output_dir DIR (checkpoints and the final model go there)")
+    parser = Parser((ModelArguments, DataArguments, TrainingArguments), prog="pararnn-hf train")
+    raw = parser.parse_args(argv)
+    if raw.eval_steps is not None and raw.eval_steps <= 0:
+        # TrainingArguments would quietly turn 0 into --logging_steps
+        raise ValueError(
+            f"--eval_steps must be a finite number > 0, got {raw.eval_steps} (leave it out to evaluate every "
+            "--logging_steps)"
+        )
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     check_fsdp(training_args)
     if training_args.process_index == 0:
@@ -273,7 +292,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model_args = {}
     if args.solver_backend:
         model_args["solver_backend"] = args.solver_backend
-    if args.prefill_chunk_size:
+    if args.prefill_chunk_size is not None:
         model_args["prefill_chunk_size"] = args.prefill_chunk_size
     if args.output and args.output_path:
         raise ValueError("give --output or --output-path, not both")
@@ -291,6 +310,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         model_args=model_args,
         log_samples=args.log_samples,
+        overwrite=args.overwrite,
     )
     from lm_eval.utils import make_table
 
@@ -344,10 +364,21 @@ def cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line_usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """argparse's error without the usage block, as every other CLI error: ``pararnn-hf <cmd>:
+    <what is wrong>``. The flag is named once, not with its alternative spelling."""
+    message = re.sub(r"argument (--[\w-]+)(/--[\w-]+)*: must be", r"\1 must be", message)
+    message = re.sub(r"argument (--[\w-]+)(/--[\w-]+)*", r"\1", message)
+    raise SystemExit(f"{parser.prog}: {' '.join(message.split())} (see {parser.prog} --help)")
+
+
 class _Parser(argparse.ArgumentParser):
     """Every long option answers to both spellings, ``--max-new-tokens`` and ``--max_new_tokens``:
     users bring the dashed form from transformers' scripts and the underscore form from
-    ``lm_eval`` and ``TrainingArguments``."""
+    ``lm_eval`` and ``TrainingArguments``. Errors are one line."""
+
+    def error(self, message: str) -> NoReturn:
+        one_line_usage_error(self, message)
 
     def add_argument(self, *names, **kwargs):
         aliases = []
@@ -358,6 +389,12 @@ class _Parser(argparse.ArgumentParser):
                 if other not in names and other not in aliases:
                     aliases.append(other)
         return super().add_argument(*names, *aliases, **kwargs)
+
+
+def _non_empty(text: str) -> str:
+    if text == "":
+        raise argparse.ArgumentTypeError("must be some text, got ''")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -371,17 +408,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a small ParaRNN on the built-in corpus, reload it, generate, evaluate")
     demo.add_argument("--cell", choices=CELL_NAMES, default="gru")
-    demo.add_argument("--steps", type=int, default=500)
+    demo.add_argument("--steps", type=argument("steps"), default=500)
     demo.add_argument("--output", default="pararnn-demo")
-    demo.add_argument("--seq-len", type=int, default=256)
-    demo.add_argument("--batch-size", type=int, default=16)
-    demo.add_argument("--learning-rate", type=float, default=3e-3)
-    demo.add_argument("--prompt", default="def main(")
-    demo.add_argument("--max-new-tokens", type=int, default=80)
+    demo.add_argument("--seq-len", type=argument("seq_len"), default=256)
+    demo.add_argument("--batch-size", type=argument("batch_size"), default=16)
+    demo.add_argument("--learning-rate", type=argument("learning_rate"), default=3e-3)
+    demo.add_argument("--prompt", type=_non_empty, default="def main(")
+    demo.add_argument("--max-new-tokens", type=argument("max_new_tokens"), default=80)
     demo.add_argument("--data", nargs="+", default=None, help="local files/folders or hf:NAME instead of builtin")
-    demo.add_argument("--max-eval-sequences", type=int, default=None)
-    demo.add_argument("--eval-limit", type=int, default=None, help="examples per lm-eval task (default: all)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--max-eval-sequences", type=argument("max_eval_sequences"), default=None)
+    demo.add_argument(
+        "--eval-limit", type=argument("eval_limit"), default=None, help="examples per lm-eval task (default: all)"
+    )
+    demo.add_argument("--seed", type=argument("seed"), default=0)
     demo.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     demo.set_defaults(func=cmd_demo)
 
@@ -402,16 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--base", help="a saved ParaRNN folder giving the non-cell weights (and tokenizer)")
     fr.add_argument("--tokenizer", help="a folder whose tokenizer files to copy")
     fr.add_argument("--max-shard-size", default="5GB")
-    fr.add_argument("--seed", type=int, default=0, help="for freshly initialised non-cell weights")
+    fr.add_argument("--seed", type=argument("seed"), default=0, help="for freshly initialised non-cell weights")
     to = directions.add_parser("to-reference", parents=[shared], help="HF folder -> reference layouts")
     to.add_argument("--model", required=True)
     to.add_argument("--format", choices=["safetensors", "pt"], default="safetensors")
     fl = directions.add_parser("from-llama", parents=[shared], help="upcycle a Llama/Mistral-style model")
     fl.add_argument("--model", required=True, help="the Llama-style model folder")
     fl.add_argument("--cell", choices=CELL_NAMES, default="gru")
-    fl.add_argument("--num-heads", type=int, default=None)
+    fl.add_argument("--num-heads", type=argument("num_heads"), default=None)
     fl.add_argument("--max-shard-size", default="5GB")
-    fl.add_argument("--seed", type=int, default=0)
+    fl.add_argument("--seed", type=argument("seed"), default=0)
     convert.set_defaults(func=cmd_convert)
 
     ev = sub.add_parser("eval", help="lm-eval offline: bundled tasks, and standard ones when cached")
@@ -421,9 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--tasks", default="pararnn_stdlib", help="comma-separated lm-eval tasks or groups")
     ev.add_argument("--include-path", nargs="*", default=None, help="folders with more task YAMLs")
-    ev.add_argument("--batch-size", default="8")
-    ev.add_argument("--limit", type=float, default=None, help="examples per task (or a fraction)")
-    ev.add_argument("--num-fewshot", type=int, default=None)
+    ev.add_argument("--batch-size", type=eval_batch_size, default="8", help="a count, auto or auto:N")
+    ev.add_argument("--limit", type=argument("limit"), default=None, help="examples per task (or a fraction)")
+    ev.add_argument("--num-fewshot", type=argument("num_fewshot"), default=None)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--output", default=None, help="results JSON file (default: MODEL/eval_results.json)")
     ev.add_argument(
@@ -432,8 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="as in lm_eval: a .json file, or a folder that gets <model>/results_<time>.json",
     )
     ev.add_argument("--solver-backend", default=None, choices=BACKENDS)
-    ev.add_argument("--prefill-chunk-size", type=int, default=None)
+    ev.add_argument("--prefill-chunk-size", type=argument("prefill_chunk_size"), default=None)
     ev.add_argument("--log-samples", action="store_true")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     ev.set_defaults(func=cmd_eval)
 
     card = sub.add_parser("card", help="write a Hub model card (README.md) into a saved model folder")
@@ -450,14 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate text from a saved model, streamed as it is produced")
     gen.add_argument("--model", required=True, help="a saved model folder (with its tokenizer)")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--max-new-tokens", type=int, default=100)
+    gen.add_argument("--max-new-tokens", type=argument("max_new_tokens"), default=100)
     gen.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=50)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--num-beams", type=int, default=1)
-    gen.add_argument("--repetition-penalty", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--temperature", type=argument("temperature"), default=1.0)
+    gen.add_argument("--top-k", type=argument("top_k"), default=50)
+    gen.add_argument("--top-p", type=argument("top_p"), default=1.0)
+    gen.add_argument("--num-beams", type=argument("num_beams"), default=1)
+    gen.add_argument("--repetition-penalty", type=argument("repetition_penalty"), default=1.0)
+    gen.add_argument("--seed", type=argument("seed"), default=None)
     gen.add_argument(
         "--compile",
         action="store_true",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..extras import require_extras
-from ..output_guard import check_writable_file, write_text_atomically
+from ..output_guard import check_output_file, write_text_atomically
 from .local_tasks import tasks_path
 
 
@@ -37,15 +37,16 @@ def run_eval(
     device: str = "cpu",
     model_args: dict[str, Any] | None = None,
     log_samples: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model_dir`` with lm-eval's ``simple_evaluate``; writes ``output`` (JSON) when
-    given and returns ``{"results": ..., "config": ...}``."""
+    given (an existing file only with ``overwrite``) and returns ``{"results": ..., "config": ...}``."""
     require_extras("run_eval", "eval")
     _offline()
     from . import lm as _lm  # noqa: F401  (registers the "pararnn" model)
 
     if output:
-        check_writable_file(output)  # before the evaluation, so its results cannot be lost
+        check_output_file(output, overwrite)  # before the evaluation, so its results cannot be lost
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
     for folder in include_path or []:

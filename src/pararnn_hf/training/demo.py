@@ -11,7 +11,10 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .run import DataArguments, ModelArguments, run_training
+from ..model_cards import check_card_target
+from ..output_guard import check_output_file
+from ..ranges import RANGES
+from .run import DataArguments, ModelArguments, check_output_dir, run_training
 
 
 def demo_training_arguments(
@@ -40,6 +43,36 @@ def demo_training_arguments(
     )
 
 
+RESULTS_FILE = "eval_results.json"
+
+
+def check_demo_arguments(
+    steps: int,
+    seq_len: int,
+    batch_size: int,
+    learning_rate: float,
+    prompt: str,
+    max_new_tokens: int,
+    max_eval_sequences: int | None,
+    eval_limit: int | None,
+) -> None:
+    """Every demo value in its range (``ranges.RANGES``) before the run, not after it."""
+    values = dict(
+        steps=steps,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        max_new_tokens=max_new_tokens,
+        max_eval_sequences=max_eval_sequences,
+        eval_limit=eval_limit,
+    )
+    for key, value in values.items():
+        if value is not None or key not in ("max_eval_sequences", "eval_limit"):
+            RANGES[key].check(f"--{key.replace('_', '-')}", value)
+    if not isinstance(prompt, str) or prompt == "":
+        raise ValueError(f"--prompt must be some text, got {prompt!r}")
+
+
 def run_demo(
     cell: str = "gru",
     steps: int = 500,
@@ -60,6 +93,14 @@ def run_demo(
 
     from .. import ParaRNNConfig  # noqa: F401  (AutoModelForCausalLM must know model_type "pararnn")
 
+    check_demo_arguments(
+        steps, seq_len, batch_size, learning_rate, prompt, max_new_tokens, max_eval_sequences, eval_limit
+    )
+    folder = Path(output)
+    check_output_dir(folder, overwrite, None)
+    # the files the demo writes after training, checked before it: none may be refused then
+    check_output_file(folder / RESULTS_FILE, overwrite)
+    check_card_target(folder, overwrite)
     started = time.perf_counter()
     use_cpu = not torch.cuda.is_available()
     print(
@@ -90,9 +131,11 @@ def run_demo(
     from ..eval import LOCAL_GROUP, run_eval
     from ..model_cards import write_card
 
-    results_path = folder / "eval_results.json"
-    results = run_eval(str(folder), [LOCAL_GROUP], output=str(results_path), batch_size=8, limit=eval_limit)["results"]
-    card = write_card(folder, results_path)
+    results_path = folder / RESULTS_FILE
+    results = run_eval(
+        str(folder), [LOCAL_GROUP], output=str(results_path), batch_size=8, limit=eval_limit, overwrite=overwrite
+    )["results"]
+    card = write_card(folder, results_path, overwrite=overwrite)
     summary.update(
         sample=sample, reloaded_class=type(model).__name__, lm_eval=results, total_time_s=time.perf_counter() - started
     )
