@@ -24,8 +24,11 @@ def same_weights(a: ParaRNNForCausalLM, b: ParaRNNForCausalLM) -> bool:
 
 @pytest.fixture
 def saved(tmp_path):
+    """A saved tiny model; by default in the reference LM's block layout (a scaled mixer
+    residual, MLP blocks without one), which ``to_reference`` can write as an LM."""
+
     def make(cell="gru", **kw):
-        model = tiny_model(cell, **kw)
+        model = tiny_model(cell, **{"mixer_residual_scale": True, "mlp_residual": False, **kw})
         with torch.no_grad():  # non-default values everywhere, so a dropped weight shows
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
@@ -70,11 +73,13 @@ def test_to_reference_and_back_is_bit_exact(cell, fmt, saved, tmp_path):
 
 
 def test_lm_layout_config_is_inferred_from_shapes(saved, tmp_path):
-    model, folder = saved("lstm", tie_word_embeddings=False, conv_kernel=3)
+    model, folder = saved("lstm", conv_kernel=3)
     index = to_reference(str(folder), tmp_path / "ref", show_progress=False)
+    (tmp_path / "ref" / "lm.pararnn.json").unlink()  # shapes alone
     from_reference(tmp_path / "back", lm=str(tmp_path / "ref" / index["lm"]), show_progress=False)
     back = ParaRNNForCausalLM.from_pretrained(tmp_path / "back")
-    assert back.config.cell == "lstm" and back.config.conv_kernel == 3 and not back.config.tie_word_embeddings
+    assert back.config.cell == "lstm" and back.config.conv_kernel == 3 and back.config.tie_word_embeddings
+    assert back.config.mixer_residual_scale and not back.config.mlp_residual
     assert same_weights(back, model)
 
 
@@ -393,22 +398,27 @@ def test_reference_lm_layout_with_residual_scale_converts_exactly(cell, tmp_path
     _, folder = saved(cell)
     to_reference(str(folder), tmp_path / "ours", show_progress=False)
     state = load_file(str(tmp_path / "ours" / "lm.safetensors"))
-    for k in range(2):
-        state[f"blocks.{2 * k}.residual_scale"] = torch.tensor(0.5 + k + 0.123)
-    state["lm_head.weight"] = torch.randn_like(state["embedding.weight"])  # untied, to tell them apart
+    for k in range(2):  # the reference's shape (1,), and a bare scalar, are both read
+        state[f"blocks.{2 * k}.residual_scale"] = torch.tensor([0.5 + k + 0.123]) if k else torch.tensor(0.623)
     save_file(state, str(tmp_path / "reference.safetensors"))
-    from_reference(tmp_path / "hf", lm=str(tmp_path / "reference.safetensors"), show_progress=False)
-    model = ParaRNNForCausalLM.from_pretrained(tmp_path / "hf").double()
-    assert model.config.mixer_residual_scale and not model.config.mlp_residual
+    untied = {**state, "lm_head.weight": torch.randn_like(state["embedding.weight"])}  # to tell them apart
+    save_file(untied, str(tmp_path / "untied.safetensors"))
     ids = torch.randint(3, 300, (2, 9))
-    expected = reference_layout_lm(state, cell, ids, model.config.num_heads)
-    with torch.no_grad():
-        got = model(ids).logits
-    assert rel_err(got, expected) < 1e-10
-    to_reference(str(tmp_path / "hf"), tmp_path / "again", show_progress=False)
+    for name, weights in (("reference", state), ("untied", untied)):
+        from_reference(tmp_path / name / "hf", lm=str(tmp_path / f"{name}.safetensors"), show_progress=False)
+        model = ParaRNNForCausalLM.from_pretrained(tmp_path / name / "hf").double()
+        assert model.config.mixer_residual_scale and not model.config.mlp_residual
+        assert model.config.tie_word_embeddings == (name == "reference")
+        expected = reference_layout_lm(weights, cell, ids, model.config.num_heads)
+        with torch.no_grad():
+            assert rel_err(model(ids).logits, expected) < 1e-10
+    to_reference(str(tmp_path / "reference" / "hf"), tmp_path / "again", show_progress=False)
     again = load_file(str(tmp_path / "again" / "lm.safetensors"))
     assert again.keys() == state.keys()
-    assert all(torch.equal(again[k], state[k]) for k in state)
+    assert all(torch.equal(again[k], state[k].reshape(again[k].shape)) for k in state)
+    assert all(again[f"blocks.{2 * k}.residual_scale"].shape == (1,) for k in range(2))
+    with pytest.raises(ConversionError, match="head is not tied to the embedding, while the reference's is"):
+        to_reference(str(tmp_path / "untied" / "hf"), tmp_path / "no", show_progress=False)
 
 
 def test_lm_keys_outside_the_layout_are_still_refused(tmp_path, saved):
@@ -425,8 +435,11 @@ def test_lm_keys_outside_the_layout_are_still_refused(tmp_path, saved):
 def test_an_untied_head_under_a_tied_config_is_refused(tmp_path, saved):
     """A config that omits tie_word_embeddings (default True) must not let the checkpoint's own
     lm_head overwrite the embedding."""
-    _, folder = saved("gru", tie_word_embeddings=False)
+    _, folder = saved("gru")
     to_reference(str(folder), tmp_path / "ref", show_progress=False)
+    lm = tmp_path / "ref" / "lm.safetensors"
+    state = load_file(str(lm))
+    save_file({**state, "lm_head.weight": torch.randn_like(state["lm_head.weight"])}, str(lm))
     config = json.loads((tmp_path / "ref" / "config.json").read_text())
     del config["tie_word_embeddings"]
     (tmp_path / "tied.json").write_text(json.dumps(config))
@@ -492,3 +505,53 @@ def test_cells_into_a_base_keep_the_base_dtype_and_shape(tmp_path, saved):
     with pytest.raises(ConversionError, match="does not match the model in .*missing keys: model.layers.2"):
         from_reference(tmp_path / "deeper", cells=cells[:1] * 3, config=str(tmp_path / "deeper.json"), base=str(folder))
     assert not (tmp_path / "deeper").exists()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_to_reference_writes_what_the_reference_language_model_loads(cell, tmp_path, saved):
+    """The reference's RNNLanguageModel (re-implemented with its module tree and key names in
+    tests/reference_lm.py) loads lm.safetensors strictly and computes our logits."""
+    from reference_lm import RNNLanguageModel
+
+    model, folder = saved(cell)
+    to_reference(str(folder), tmp_path / "ref", show_progress=False)
+    cfg = model.config
+    reference = RNNLanguageModel(
+        cell, cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_heads, cfg.intermediate_size
+    )
+    reference.load_state_dict(load_file(str(tmp_path / "ref" / "lm.safetensors")), strict=True)
+    ids = torch.randint(3, 300, (2, 11))
+    for layer in model.model.layers:  # both run the exact loop, in fp32 (the reference's norms
+        layer.mixer.cell.backend = "sequential"  # compute in fp32 whatever the model's dtype)
+    with torch.no_grad():  # the same ops, some in another order: a few ulp
+        assert rel_err(reference(ids), model(ids).logits) < 1e-6
+
+
+def test_a_model_the_reference_layout_cannot_express_is_refused_or_written_as_cells(tmp_path, saved):
+    model, folder = saved("gru", mixer_residual_scale=False, mlp_residual=True)
+    with pytest.raises(ConversionError, match="standard pre-norm residual ones.*--cells-only"):
+        to_reference(str(folder), tmp_path / "ref", show_progress=False)
+    assert not (tmp_path / "ref").exists()
+    index = to_reference(str(folder), tmp_path / "ref", cells_only=True, show_progress=False)
+    assert index["lm"] is None and sorted(p.name for p in (tmp_path / "ref").iterdir()) == [
+        "cells",
+        "config.json",
+        "index.json",
+    ]
+    layer = ParaGRU(32, 32, num_heads=2)  # the reference's layer: loads a cell file strictly
+    layer.load_state_dict(load_file(str(tmp_path / "ref" / index["cells"][1])), strict=True)
+    assert torch.equal(layer.A, model.model.layers[1].mixer.cell.A)
+    with pytest.raises(SystemExit, match="^pararnn-hf convert: .*cannot be written in the reference's LM layout"):
+        main(["convert", "to-reference", "--model", str(folder), "--out", str(tmp_path / "x"), "--no-progress"])
+
+
+def test_from_llama_keeps_the_checkpoints_dtype_unless_told(llama_folder, tmp_path):
+    llama, folder = llama_folder
+    llama.to(torch.bfloat16).save_pretrained(tmp_path / "bf16-llama")
+    from_llama(str(tmp_path / "bf16-llama"), tmp_path / "up", show_progress=False)
+    weights = load_file(str(tmp_path / "up" / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+    up = ParaRNNForCausalLM.from_pretrained(tmp_path / "up")
+    assert torch.equal(up.model.embed_tokens.weight, llama.model.embed_tokens.weight)  # copied, not rounded twice
+    from_llama(str(tmp_path / "bf16-llama"), tmp_path / "up32", dtype="float32", show_progress=False)
+    assert {t.dtype for t in load_file(str(tmp_path / "up32" / "model.safetensors")).values()} == {torch.float32}

@@ -165,9 +165,9 @@ def test_a_generated_readme_is_rewritten_only_while_nobody_edited_it(model_dir, 
     else:
         from pararnn_hf.conversion import from_reference, to_reference
 
-        from_ref = tmp_path / "ref"
-        to_reference(str(model_dir), from_ref, show_progress=False)
-        from_reference(folder, lm=str(from_ref / "lm.safetensors"), show_progress=False)
+        ref = tmp_path / "ref"
+        index = to_reference(str(model_dir), ref, cells_only=True, show_progress=False)
+        from_reference(folder, cells=[str(ref / c) for c in index["cells"]], base=str(model_dir), show_progress=False)
     ours = (folder / "README.md").read_text()
     assert is_unedited(ours)
     write_card(folder)  # unedited: regenerated without --overwrite

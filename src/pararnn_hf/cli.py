@@ -254,8 +254,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         )
         print(f"wrote {report['out']}; {report['rest']}; tokenizer files: {report['tokenizer'] or 'none'}")
     elif args.direction == "to-reference":
-        index = to_reference(args.model, args.out, dtype=args.dtype, fmt=args.format, **common)
-        print(f"wrote {args.out}: {index['lm']} (LM layout), {len(index['cells'])} cell files, index.json")
+        index = to_reference(
+            args.model, args.out, dtype=args.dtype, fmt=args.format, cells_only=args.cells_only, **common
+        )
+        lm = "" if index["lm"] is None else f"{index['lm']} (LM layout) with {index['sidecar']}, "
+        print(f"wrote {args.out}: {lm}{len(index['cells'])} cell files, index.json")
     else:
         report = from_llama(
             args.model,
@@ -445,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     to = directions.add_parser("to-reference", parents=[shared], help="HF folder -> reference layouts")
     to.add_argument("--model", required=True)
     to.add_argument("--format", choices=["safetensors", "pt"], default="safetensors")
+    to.add_argument(
+        "--cells-only",
+        action="store_true",
+        help="write each layer's cell tensors only (for models the reference's LM layout cannot express)",
+    )
     fl = directions.add_parser("from-llama", parents=[shared], help="upcycle a Llama/Mistral-style model")
     fl.add_argument("--model", required=True, help="the Llama-style model folder")
     fl.add_argument("--cell", choices=CELL_NAMES, default="gru")

@@ -21,6 +21,7 @@ from .reference import (
     hf_from_lm,
     infer_config_from_lm,
     lm_from_hf,
+    lm_layout_problems,
     sidecar,
     sidecar_path,
 )
@@ -217,22 +218,32 @@ def to_reference(
     fmt: str = "safetensors",
     overwrite: bool = False,
     show_progress: bool = True,
+    cells_only: bool = False,
 ) -> dict:
     """A Hugging Face folder -> the reference layouts: ``lm.<fmt>`` (the whole LM training
-    layout), ``cells/layer_<k>.<fmt>`` (each layer's cell) and ``index.json``."""
+    layout, what the reference's ``RNNLanguageModel`` loads) with its sidecar,
+    ``cells/layer_<k>.<fmt>`` (each layer's cell) and ``index.json``. A model the LM layout
+    cannot express is refused, naming why; ``cells_only`` writes the cells alone."""
     if fmt not in ("safetensors", "pt"):
         raise ValueError(f"unknown format {fmt!r}; expected safetensors or pt")
     torch_dtype = _dtype(dtype)
     check_target(out, overwrite, keep=[model_dir])
     model = _load_model(model_dir)
     cfg = model.config
+    if not cells_only:
+        problems = lm_layout_problems(cfg)
+        if problems:
+            raise ConversionError(
+                f"{model_dir} cannot be written in the reference's LM layout: {'; '.join(problems)}. Pass "
+                "--cells-only to write the cell tensors alone, which the reference's layers load"
+            )
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if torch_dtype is not None:
         state = {k: v.to(torch_dtype) for k, v in state.items()}
-    lm = lm_from_hf(state, cfg)
     with atomic_folder(out, overwrite, keep=[model_dir]) as tmp:
         (tmp / "cells").mkdir()
-        _write(lm, tmp / f"lm.{fmt}", fmt)
+        if not cells_only:
+            _write(lm_from_hf(state, cfg), tmp / f"lm.{fmt}", fmt)
         cell_files = []
         for k in progress(range(cfg.num_hidden_layers), "writing cells", show_progress):
             cell = {n: state[f"model.layers.{k}.mixer.cell.{n}"] for n in CELL_KEYS[cfg.cell]}
@@ -240,16 +251,18 @@ def to_reference(
             _write(cell, tmp / name, fmt)
             cell_files.append(name)
         cfg.to_json_file(str(tmp / "config.json"))
-        side = sidecar_path(tmp / f"lm.{fmt}")
-        side.write_text(json.dumps(sidecar(cfg, f"lm.{fmt}"), indent=2))
+        side = None
+        if not cells_only:
+            side = sidecar_path(tmp / f"lm.{fmt}")
+            side.write_text(json.dumps(sidecar(cfg, f"lm.{fmt}"), indent=2))
         index = {
             "format": "pararnn-reference",
             "cell": cfg.cell,
             "num_layers": cfg.num_hidden_layers,
-            "lm": f"lm.{fmt}",
+            "lm": None if cells_only else f"lm.{fmt}",
             "cells": cell_files,
             "config": "config.json",
-            "sidecar": side.name,
+            "sidecar": None if side is None else side.name,
             "source": str(model_dir),
         }
         (tmp / "index.json").write_text(json.dumps(index, indent=2))
@@ -307,9 +320,10 @@ def from_llama(
         bos_token_id=src_cfg.bos_token_id,
         eos_token_id=src_cfg.eos_token_id,
     )
-    source = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
+    # in the checkpoint's own dtype (a bf16 Llama gives a bf16 folder, not one twice its size)
+    source = AutoModelForCausalLM.from_pretrained(llama_dir, dtype="auto")
     torch.manual_seed(seed)
-    model = ParaRNNForCausalLM(cfg)
+    model = ParaRNNForCausalLM(cfg).to(source.dtype)
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(source.model.embed_tokens.weight)
         model.model.norm.weight.copy_(source.model.norm.weight)

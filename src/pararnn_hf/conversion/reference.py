@@ -269,16 +269,33 @@ def hf_from_lm(state: dict[str, torch.Tensor], config: ParaRNNConfig) -> dict[st
     return out
 
 
+def lm_layout_problems(config: ParaRNNConfig) -> list[str]:
+    """Why a model cannot be written as the reference's LM (empty when it can): that LM has a
+    learnable ``residual_scale`` per mixer block, MLP blocks without a residual, and a head
+    tied to the embedding."""
+    problems = []
+    if not config.mixer_residual_scale or config.mlp_residual:
+        problems.append(
+            "its blocks are the standard pre-norm residual ones (mixer_residual_scale=False, mlp_residual=True), "
+            "while the reference's scale the mixer residual and give the MLP none"
+        )
+    if not config.tie_word_embeddings:
+        problems.append("its head is not tied to the embedding, while the reference's is")
+    return problems
+
+
 def lm_from_hf(hf_state: dict[str, torch.Tensor], config: ParaRNNConfig) -> dict[str, torch.Tensor]:
-    """ParaRNNForCausalLM state dict -> LM-layout state dict (the inverse of ``hf_from_lm``)."""
+    """ParaRNNForCausalLM state dict -> LM-layout state dict (the inverse of ``hf_from_lm``),
+    keyed and shaped as the reference's ``RNNLanguageModel.state_dict()``: ``residual_scale``
+    of shape (1,), and ``lm_head.weight`` present (a copy of the tied embedding)."""
     out = {}
     for k in range(config.num_hidden_layers):
         for suffix, which, hf in LAYER_MAP:
             key = f"model.layers.{k}.{hf}"
             if key in hf_state:
-                out[f"blocks.{2 * k + which}.{suffix}"] = hf_state[key]
+                value = hf_state[key]
+                out[f"blocks.{2 * k + which}.{suffix}"] = value.reshape(1) if suffix == "residual_scale" else value
     for ref, hf in GLOBAL_MAP:
-        if ref == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        out[ref] = hf_state[hf]
+        # safetensors refuses two names for one storage: the tied head is written as a copy
+        out[ref] = hf_state[hf].clone() if ref == "lm_head.weight" and config.tie_word_embeddings else hf_state[hf]
     return out
