@@ -46,6 +46,19 @@ def test_eos_pads_finished_rows_and_stops_like_generate():
     assert (eager[0, 10:] == 0).all()  # padded after its EOS
 
 
+def test_a_list_of_eos_ids_stops_like_generate():
+    """Generation configs often list several EOS ids: any of them ends a row."""
+    model = tiny_model("gru")
+    ids, mask = _prompts(3, model.config.vocab_size)
+    first = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)[:, -3:]
+    model.generation_config.eos_token_id = [299, int(first[1, 2]), int(first[0, 1])]  # the first never comes
+    model.generation_config.pad_token_id = 0
+    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False)
+    eager = greedy_generate(model, ids, attention_mask=mask, max_new_tokens=12, mode="eager")
+    assert torch.equal(eager, expected)
+    assert (eager[0, 11:] == 0).all()  # row 0 stopped at the last listed id, not only the first
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_decode_step_updates_the_cache_in_place(cell):
     model = tiny_model(cell)

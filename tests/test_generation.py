@@ -205,3 +205,23 @@ def test_saved_tokenizer_pads_left_so_batched_generate_is_right_for_every_row(tm
     for row, prompt in enumerate(prompts):
         alone = model.generate(**tok([prompt], return_tensors="pt"), max_new_tokens=6, do_sample=False)
         assert torch.equal(together[row, -6:], alone[0, -6:]), prompt
+
+
+def test_a_cache_from_inference_mode_continues_outside_it():
+    model = tiny_model("lstm")
+    ids = torch.randint(3, 300, (1, 6))
+    with torch.inference_mode():
+        first = model.generate(ids, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    cache = cache_of(first)
+    extended = torch.cat([first.sequences, torch.randint(3, 300, (1, 2))], dim=1)
+    continued = model.generate(extended, **{CACHE_KW: cache}, max_new_tokens=4, do_sample=False)
+    assert torch.equal(continued, model.generate(extended, max_new_tokens=4, do_sample=False))
+
+
+def test_assisted_decoding_is_refused_up_front():
+    model = tiny_model("gru")
+    ids = torch.randint(3, 300, (1, 5))
+    with pytest.raises(ValueError, match="assistant_model .* is not supported: .*recurrent state"):
+        model.generate(ids, assistant_model=tiny_model("gru"), max_new_tokens=3)
+    with pytest.raises(ValueError, match="prompt_lookup_num_tokens .* is not supported"):
+        model.generate(ids, prompt_lookup_num_tokens=2, max_new_tokens=3)

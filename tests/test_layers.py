@@ -143,6 +143,34 @@ def test_a_step_with_gradients_keeps_no_graph_alive(name):
     torch.save(layer, io.BytesIO())
 
 
+def test_a_backend_typo_set_after_construction_is_refused_at_once():
+    layer = ParaGRU(8, 6, num_heads=2)
+    with pytest.raises(ValueError, match=r"unknown backend 'sequentail'; expected one of"):
+        layer.backend = "sequentail"
+    assert layer.backend == "auto"
+    layer.backend = "sequential"
+    layer(torch.randn(1, 4, 8))
+    assert layer.last_solve_info.method == "sequential"
+    with pytest.raises(ValueError, match=r"newton_tolerance must be a number in \(0, 0.01\]"):
+        layer.newton_tolerance = 1.0
+    with pytest.raises(ValueError, match=r"newton_tolerance must be a number in \(0, 0.01\]"):
+        ParaGRU(8, 6, newton_tolerance=0.5)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_check_every_step_checks_the_steps_input_as_forward_does(name):
+    """An Inf input saturates the gates and can leave a finite state: forward() refuses it,
+    and so must a checked step()."""
+    layer = LAYERS[name](8, 6, num_heads=2)
+    x = torch.randn(2, 8)
+    x[0, 3] = float("inf")
+    with pytest.raises(FloatingPointError, match="input x"):
+        layer(x.unsqueeze(1))
+    layer.check_every_step = True
+    with pytest.raises(FloatingPointError, match="input x_t contains NaN or Inf"):
+        layer.step(x)
+
+
 def test_bad_inputs_raise_clear_errors():
     gru, lstm = ParaGRU(8, 6), ParaLSTM(8, 6)
     x = torch.randn(2, 5, 8)

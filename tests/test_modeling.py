@@ -27,7 +27,7 @@ def cache_of(output):
         ({"backend": "cuda"}, "backend must be one of"),
         ({"conv_kernel": 0}, "conv_kernel must be a positive int"),
         ({"rms_norm_eps": 0.0}, "rms_norm_eps must be a finite number > 0"),
-        ({"newton_tolerance": -1.0}, "newton_tolerance must be a finite number > 0 or None"),
+        ({"newton_tolerance": -1.0}, r"newton_tolerance must be a number in \(0, 0.01\] or None"),
         ({"recurrent_prefill_chunk_size": 0}, "recurrent_prefill_chunk_size must be a positive int or None"),
         ({"init_gate_bias": [0.0]}, "init_gate_bias must be two finite numbers"),
         ({"init_gate_bias": [0.0, float("nan")]}, "init_gate_bias must be two finite numbers"),
@@ -216,6 +216,81 @@ def test_resize_token_embeddings_keeps_tying():
     assert model.lm_head.weight.shape == (320, 32)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert model(torch.tensor([[310, 5, 319]])).logits.shape == (1, 3, 320)
+
+
+def test_resizing_below_a_special_token_id_is_refused_so_the_saved_model_loads(tmp_path):
+    model = tiny_model("gru", eos_token_id=250)
+    with pytest.raises(ValueError, match=r"resize_token_embeddings\(200\): eos_token_id=250 would fall outside"):
+        model.resize_token_embeddings(200)
+    assert model.config.vocab_size == 300
+    model.resize_token_embeddings(251)
+    model.save_pretrained(tmp_path / "m")
+    assert ParaRNNForCausalLM.from_pretrained(tmp_path / "m").config.vocab_size == 251
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
+        ({"use_cache": "no"}, "use_cache must be true or false, got 'no'"),
+        ({"pad_token_id": True}, "pad_token_id must be in"),
+        ({"eos_token_id": [2, False]}, "eos_token_id must be in"),
+        ({"newton_tolerance": 0.5}, r"newton_tolerance must be a number in \(0, 0.01\]"),
+    ],
+)
+def test_config_values_of_the_wrong_type_or_beyond_their_bound(overrides, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        ParaRNNConfig(**overrides)
+    # the same from a hand-edited config.json
+    tiny_config().save_pretrained(tmp_path)
+    import json
+
+    values = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**values, **overrides}))
+    with pytest.raises(ValueError, match=match):
+        ParaRNNConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_any_nonzero_mask_value_means_a_real_token_never_a_weight(cell):
+    model = tiny_model(cell)
+    ids = torch.randint(3, 300, (2, 7))
+    plain = model(ids).logits
+    for mask in (torch.full((2, 7), 2), torch.full((2, 7), 0.5), torch.ones(2, 7, dtype=torch.bool)):
+        assert torch.equal(model(ids, attention_mask=mask).logits, plain)
+    mask = torch.full((2, 7), 0.5)
+    mask[1, :3] = 0
+    assert rel_err(model(ids, attention_mask=mask).logits[1, 3:], model(ids[1:, 3:]).logits[0]) < 1e-6
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_what_padded_positions_of_inputs_embeds_hold_does_not_matter(cell):
+    model = tiny_model(cell).train()
+    embeds = torch.randn(2, 6, 32, requires_grad=True)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0
+    poisoned = embeds.detach().clone()
+    poisoned[1, :2] = float("nan")
+    poisoned.requires_grad_(True)
+    labels = torch.randint(3, 300, (2, 6))
+    labels[1, :2] = -100
+    a = model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+    b = model(inputs_embeds=poisoned, attention_mask=mask, labels=labels)
+    assert torch.equal(a.logits[:, 2:], b.logits[:, 2:]) and torch.equal(a.loss, b.loss)
+    b.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert torch.isfinite(poisoned.grad).all()
+
+
+def test_an_empty_sequence_takes_part_in_autograd():
+    model = tiny_model("gru").train()
+    out = model(torch.zeros(2, 0, dtype=torch.long), labels=None)
+    assert out.logits.shape == (2, 0, 300) and out.logits.requires_grad
+    out.logits.sum().backward()
+    layer = model.model.layers[0].mixer.cell
+    y = layer(torch.randn(2, 0, 32, requires_grad=True))
+    assert y.requires_grad
+    y.sum().backward()
 
 
 def test_bad_model_inputs_raise():

@@ -90,6 +90,9 @@ def test_resume_from_checkpoint_continues_with_identical_loss(tmp_path, corpus_d
     full = json.loads((tmp_path / "full" / "log_history.json").read_text())
     checkpoint = tmp_path / "full" / "checkpoint-5"
     assert checkpoint.is_dir()
+    # Trainer runs with use_cache off; what it saves has it on, as any saved model
+    for folder in (checkpoint, tmp_path / "full"):
+        assert json.loads((folder / "config.json").read_text())["use_cache"] is True
     resumed_summary = run_training(
         ModelArguments(config=config),
         data,

@@ -113,13 +113,21 @@ class GreedyDecoder:
             cell.check_steps()
 
 
+def eos_ids(eos_token_id: int | list[int] | Tensor | None, device: torch.device) -> Tensor | None:
+    """The end-of-sequence ids as a 1-D tensor (generation configs often list several)."""
+    if eos_token_id is None:
+        return None
+    ids = torch.as_tensor(eos_token_id, dtype=torch.long, device=device).flatten()
+    return ids if ids.numel() else None
+
+
 @torch.no_grad()
 def greedy_generate(
     model,
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
     max_new_tokens: int = 20,
-    eos_token_id: int | None = None,
+    eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     mode: str = "auto",
 ) -> Tensor:
@@ -128,17 +136,19 @@ def greedy_generate(
     ``mode``: ``"compile"`` (``torch.compile(fullgraph=True)`` of one step, any device),
     ``"cuda-graph"`` (one CUDA graph replayed per token), ``"eager"`` (the same step
     uncompiled, for comparison) or ``"auto"`` (cuda-graph on CUDA, compile elsewhere).
-    ``eos_token_id``/``pad_token_id`` default to the model's generation config.
+    ``eos_token_id`` (one id or a list: any of them ends a row) and ``pad_token_id`` default to
+    the model's generation config.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"greedy_generate: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     gen = getattr(model, "generation_config", None)
     if eos_token_id is None and gen is not None:
-        eos_token_id = gen.eos_token_id[0] if isinstance(gen.eos_token_id, list) else gen.eos_token_id
+        eos_token_id = gen.eos_token_id
     if pad_token_id is None and gen is not None:
         pad_token_id = gen.pad_token_id
+    eos = eos_ids(eos_token_id, input_ids.device)
     if pad_token_id is None:
-        pad_token_id = eos_token_id if eos_token_id is not None else 0
+        pad_token_id = int(eos[0]) if eos is not None else 0
 
     decoder = GreedyDecoder(model, input_ids, attention_mask, mode)
     B = input_ids.shape[0]
@@ -151,11 +161,11 @@ def greedy_generate(
         # a finished row gets padding, and is fed padding, as generate() does
         ids = torch.where(finished, torch.full_like(ids, pad_token_id), ids)
         tokens[:, n : n + 1] = ids
-        if eos_token_id is not None:
-            finished |= ids == eos_token_id
+        if eos is not None:
+            finished |= torch.isin(ids, eos)
     decoder.finish()
-    if eos_token_id is not None:  # stop where generate() would: every row has finished
-        done = (tokens == eos_token_id).cumsum(1).bool().all(0)
+    if eos is not None:  # stop where generate() would: every row has finished
+        done = torch.isin(tokens, eos).cumsum(1).bool().all(0)
         if bool(done.any()):
             tokens = tokens[:, : int(done.nonzero()[0]) + 1]
     return torch.cat([input_ids, tokens], dim=1)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .cells import CELL_NAMES, Cell, gru, lstm
 from .ops.dispatch import BACKENDS, check_backend, compute_dtype, select_method, select_step_method, solver_input
-from .ops.newton import SolveInfo
+from .ops.newton import MAX_TOLERANCE, SolveInfo
 from .ops.recurrence import NonFiniteSolve, decode_step, solve_op
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -56,6 +56,18 @@ def check_resets(resets: Tensor | None, where: str) -> Tensor | None:
     if resets.numel() and not torch.compiler.is_compiling() and bool(((resets != 0) & (resets != 1)).any()):
         raise ValueError(f"{where}: resets must hold only 0 and 1 (or be bool); got other values")
     return resets.bool()
+
+
+def check_tolerance(value: Any, where: str) -> float | None:
+    """A Newton tolerance: None (the dtype's default) or a number in (0, MAX_TOLERANCE]."""
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= MAX_TOLERANCE:
+        raise ValueError(
+            f"{where} must be a number in (0, {MAX_TOLERANCE}] or None, got {value!r}: a looser solve is not "
+            "a solution of the recurrence"
+        )
+    return float(value)
 
 
 def check_gate_bias(value: Any, where: str) -> None:
@@ -100,11 +112,7 @@ class ParaRNNLayer(nn.Module):
             )
         if not isinstance(newton_max_iterations, int) or newton_max_iterations < 1:
             raise ValueError(f"newton_max_iterations must be an int >= 1, got {newton_max_iterations!r}")
-        for key, value in (
-            ("newton_tolerance", newton_tolerance),
-            ("init_recurrent_std", init_recurrent_std),
-            ("init_input_bound", init_input_bound),
-        ):
+        for key, value in (("init_recurrent_std", init_recurrent_std), ("init_input_bound", init_input_bound)):
             if value is not None and (
                 not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf
             ):
@@ -113,7 +121,7 @@ class ParaRNNLayer(nn.Module):
             raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
         check_gate_bias(init_gate_bias, "init_gate_bias")
         self.input_size, self.state_size, self.num_heads = input_size, state_size, num_heads
-        self.backend = check_backend(backend)
+        self.backend = backend  # both checked by their setters, also when assigned later
         self.newton_max_iterations = newton_max_iterations
         self.newton_tolerance = newton_tolerance
         self.init_recurrent_std = init_recurrent_std
@@ -136,6 +144,25 @@ class ParaRNNLayer(nn.Module):
         else:
             self.register_parameter("C", None)
         self.reset_parameters()
+
+    @property
+    def backend(self) -> str:
+        """The solver asked for (``ops.dispatch.BACKENDS``); a typo is a ``ValueError`` when
+        it is set, not a silent fallback at the next forward."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = check_backend(value)
+
+    @property
+    def newton_tolerance(self) -> float | None:
+        """Newton's stopping tolerance (None: the dtype's default), at most ``MAX_TOLERANCE``."""
+        return self._newton_tolerance
+
+    @newton_tolerance.setter
+    def newton_tolerance(self, value: float | None) -> None:
+        self._newton_tolerance = check_tolerance(value, "newton_tolerance")
 
     # ----------------------------------------------------------------------------- init
     def reset_parameters(self, init: Any = None) -> None:
@@ -286,7 +313,9 @@ class ParaRNNLayer(nn.Module):
         m = self._step_mask(mask, "mask", batch, time)
         r = self._step_mask(resets, "resets", batch, time)
         if time == 0 or batch == 0:
-            y = x.new_zeros(batch, time, self.state_size)
+            # empty, but part of the graph (through the projection), so that a loss summed over
+            # it backpropagates (zero gradients) like any other output
+            y = self.project(x)[..., -1, :].to(x.dtype)
             return (y, self._public_state(s0)) if return_state else y
         keep = None if r is None else (~r).to(dtype)
         if m is not None:  # padding cannot reach the projection (or its gradients), whatever it holds
@@ -353,6 +382,10 @@ class ParaRNNLayer(nn.Module):
         # activations per layer and make the module un-deepcopy-able
         self._last_step_state = s.detach()
         if self.check_every_step:
+            # as forward() does: the step's own input too, since an Inf can saturate the gates
+            # and leave a finite state
+            if not bool(torch.isfinite(u).all()):
+                self._raise_non_finite(x_t, s0, u, what="input x_t")
             self.check_steps(x_t)
         return s[..., -1, :].to(x_t.dtype), self._public_state(s)
 

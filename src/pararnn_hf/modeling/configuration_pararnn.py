@@ -155,7 +155,13 @@ class ParaRNNConfig(PretrainedConfig):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
                 raise ValueError(f"ParaRNNConfig: {key} must be a finite number > 0, got {value!r}")
-        for key in ("newton_tolerance", "init_recurrent_std", "init_input_bound"):
+        tol = self.newton_tolerance
+        if tol is not None and (not isinstance(tol, (int, float)) or isinstance(tol, bool) or not 0 < tol <= 1e-2):
+            raise ValueError(
+                f"ParaRNNConfig: newton_tolerance must be a number in (0, 0.01] or None, got {tol!r}: a looser "
+                "solve is not a solution of the recurrence"
+            )
+        for key in ("init_recurrent_std", "init_input_bound"):
             value = getattr(self, key)
             if value is not None and (
                 not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf")
@@ -166,8 +172,9 @@ class ParaRNNConfig(PretrainedConfig):
             raise ValueError(
                 f"ParaRNNConfig: recurrent_prefill_chunk_size must be a positive int or None, got {chunk!r}"
             )
-        for key in ("mixer_residual_scale", "mlp_residual"):
-            if not isinstance(getattr(self, key), bool):
+        for key in ("mixer_residual_scale", "mlp_residual", "tie_word_embeddings", "use_cache"):
+            # a string from a hand-edited config.json ("false") would read as true
+            if not isinstance(getattr(self, key, False), bool):
                 raise ValueError(f"ParaRNNConfig: {key} must be true or false, got {getattr(self, key)!r}")
         bias = self.init_gate_bias
         if len(bias) != 2 or not all(
@@ -178,7 +185,7 @@ class ParaRNNConfig(PretrainedConfig):
             value = getattr(self, key, None)
             ids = value if isinstance(value, list) else [value]
             for i in ids:
-                if i is not None and (not isinstance(i, int) or not 0 <= i < self.vocab_size):
+                if i is not None and (not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < self.vocab_size):
                     raise ValueError(
                         f"ParaRNNConfig: {key} must be in [0, vocab_size={self.vocab_size}), got {value!r}"
                     )

@@ -85,6 +85,14 @@ class ParaRNNCache:
         for o, t in zip(old, new):
             o.copy_(t)
 
+    def leave_inference_mode(self) -> None:
+        """Make a cache filled under ``torch.inference_mode()`` usable outside it: its tensors
+        are inference tensors, which may not be updated in place (nor saved for backward)
+        there. Copies them once, on the first forward outside; a cheap flag check otherwise."""
+        if torch.is_inference_mode_enabled() or not self.conv_states or not self.conv_states[0].is_inference():
+            return
+        self._map(lambda t: t.clone())
+
     def __len__(self) -> int:
         return self.num_layers
 
@@ -200,8 +208,8 @@ class ParaRNNMixer(nn.Module):
 
     def forward(self, hidden, mask, resets, conv_state, rnn_state):
         x, g = self.in_proj(self.norm(hidden)).chunk(2, dim=-1)
-        if mask is not None:
-            x = x * mask.unsqueeze(-1).to(x.dtype)  # padding must not reach the conv
+        if mask is not None:  # padding must not reach the conv, whatever it holds (NaN included)
+            x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
         K = self.conv.kernel_size[0]
         if conv_state is None:
             conv_state = x.new_zeros(x.shape[0], K - 1, x.shape[-1])
@@ -363,11 +371,15 @@ class ParaRNNModel(ParaRNNPreTrainedModel):
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = hidden.shape[:2]
         mask = self._step_mask(attention_mask, B, T)
+        if mask is not None:  # what padded positions hold (NaN in inputs_embeds) must not matter
+            hidden = torch.where(mask.unsqueeze(-1), hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device))
         if resets is not None and tuple(resets.shape) != (B, T):
             raise ValueError(f"ParaRNNModel: resets must have shape ({B}, {T}); got {tuple(resets.shape)}")
         resets = check_resets(resets, "ParaRNNModel")  # one meaning for the conv and the cell
         if use_cache and cache is None:
             cache = ParaRNNCache(self.config, B, hidden.dtype, hidden.device)
+        if cache is not None:
+            cache.leave_inference_mode()
         if cache is not None and cache.conv_states[0].shape[0] != B:
             raise ValueError(f"ParaRNNModel: the cache holds {cache.conv_states[0].shape[0]} rows, the input {B}")
 
@@ -409,8 +421,9 @@ class ParaRNNModel(ParaRNNPreTrainedModel):
                 f"got {tuple(attention_mask.shape)}"
             )
         # kept even when it is all ones: finding that out would be a host sync per forward
-        # (and per decoded token), and an all-ones mask costs one select per step
-        return attention_mask[:, -T:]
+        # (and per decoded token), and an all-ones mask costs one select per step. Any nonzero
+        # value is a real token (transformers' reading): a mask is never used as weights.
+        return attention_mask[:, -T:] != 0
 
 
 class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
@@ -433,6 +446,14 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
         """``GenerationMixin.generate``, then one check that no decoding step produced a
         NaN/Inf state (``FloatingPointError`` naming the layer) instead of a host sync at every
         token (see ``check_steps``). The prompt's forward is checked as it runs."""
+        for key in ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit"):
+            config = kwargs.get("generation_config") or self.generation_config
+            if kwargs.get(key) is not None or getattr(config, key, None) is not None:
+                raise ValueError(
+                    f"ParaRNNForCausalLM.generate: {key} (assisted or speculative decoding) is not supported: it "
+                    "rolls the cache back past rejected draft tokens, and a recurrent state cannot be rolled back; "
+                    "generate without it"
+                )
         ids = kwargs.get("input_ids", args[0] if args else None)
         if isinstance(ids, torch.Tensor) and ids.dim() >= 1 and ids.shape[-1] == 0 and "inputs_embeds" not in kwargs:
             raise ValueError(
@@ -449,6 +470,21 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, *args: Any, **kwargs: Any) -> nn.Embedding:
+        """transformers' resize, refused when a pad/bos/eos id would fall outside the new
+        vocabulary: the config could then not be saved and loaded again."""
+        if new_num_tokens is not None:
+            for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+                value = getattr(self.config, key, None)
+                for i in value if isinstance(value, list) else [value]:
+                    if i is not None and i >= new_num_tokens:
+                        raise ValueError(
+                            f"resize_token_embeddings({new_num_tokens}): {key}={value} would fall outside the "
+                            f"vocabulary, and the saved model could not be loaded again; keep at least {i + 1} "
+                            f"tokens, or set config.{key} to a smaller id first"
+                        )
+        return super().resize_token_embeddings(new_num_tokens, *args, **kwargs)
 
     def decode_step(self, input_ids: torch.Tensor, cache: ParaRNNCache) -> torch.Tensor:
         """One token per row, ``input_ids`` [B, 1], through every layer's O(1) step: returns the

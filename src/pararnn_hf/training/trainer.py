@@ -34,6 +34,14 @@ class ParaRNNTrainer(Trainer):
     _staging_run_dir: str | None = None
     _owner_pid: int | None = None
 
+    def __init__(self, *args, **kwargs) -> None:
+        model = kwargs.get("model", args[0] if args else None)
+        # Trainer sets config.use_cache to TrainingArguments.use_cache (False) for the run; the
+        # folders it saves get the model's own value back, so a plain model(ids) there returns
+        # its cache as any other saved model does
+        self._use_cache = getattr(getattr(model, "config", None), "use_cache", True)
+        super().__init__(*args, **kwargs)
+
     def _get_output_dir(self, trial) -> str:
         return self._staging_run_dir or super()._get_output_dir(trial)
 
@@ -83,15 +91,23 @@ class ParaRNNTrainer(Trainer):
         """A checkpoint's model goes into its staging folder as Trainer writes it; the final
         model replaces the output folder's model files in one swap (its checkpoints and logs
         carried over as hard links), so a crash leaves the old folder or the new one whole."""
-        if _internal_call:
-            return super().save_model(output_dir, _internal_call=True)
-        target = output_dir or self.args.output_dir
-        if self.args.should_save:
-            with updated_folder(target, carry=lambda name: not is_model_file(name)) as tmp:
-                super().save_model(str(tmp))
-        else:
-            super().save_model(target)  # other processes only join the collectives; they write nothing
-        self.accelerator.wait_for_everyone()
+        config = getattr(self.model, "config", None)
+        during_training = getattr(config, "use_cache", None)
+        if config is not None:
+            config.use_cache = self._use_cache
+        try:
+            if _internal_call:
+                return super().save_model(output_dir, _internal_call=True)
+            target = output_dir or self.args.output_dir
+            if self.args.should_save:
+                with updated_folder(target, carry=lambda name: not is_model_file(name)) as tmp:
+                    super().save_model(str(tmp))
+            else:
+                super().save_model(target)  # other processes only join the collectives; they write nothing
+            self.accelerator.wait_for_everyone()
+        finally:
+            if config is not None:
+                config.use_cache = during_training
 
     def training_step(self, model, *args, **kwargs):
         try:
