@@ -282,3 +282,41 @@ def test_a_parameter_that_training_drives_to_nan_is_named_with_its_step(tmp_path
         match=r"training step 3: parameter model.layers.0.mlp.up_proj.weight turned NaN/Inf in the update of step 2",
     ):
         trainer.train()
+
+
+def test_generate_and_convert_values_out_of_range_are_refused_before_any_work(model_dir, tmp_path):
+    argv = ["generate", "--model", str(model_dir), "--prompt", "x"]
+    fails([*argv, "--temperature", "inf"], "generate", "--temperature must be a finite number > 0, got 'inf'")
+    fails([*argv, "--top-p", "2"], "generate", "--top-p must be a finite number in (0, 1], got '2'")
+    fails([*argv, "--top-p", "nan"], "generate", "--top-p must be a finite number in (0, 1], got 'nan'")
+    fails([*argv, "--num-beams", "0"], "generate", "--num-beams must be an integer >= 1")
+    (model_dir / "generation_config.json").write_text(json.dumps({"max_length": -5}))
+    fails(argv, "generate", "generation_config.json: max_length must be an integer >= 1, got -5")
+    (model_dir / "generation_config.json").write_text("[]")
+    fails(argv, "generate", "generation_config.json must hold a JSON object")
+    out = str(tmp_path / "o")
+    fails(
+        ["convert", "from-llama", "--model", str(model_dir), "--num-heads", "0", "--out", out],
+        "convert from-llama",
+        "--num-heads must be an integer >= 1",
+    )
+    cells = tmp_path / "cell.pt"
+    torch.save({"A": torch.zeros(3, 8)}, cells)
+    for tokenizer, match in ((tmp_path / "none", "no such folder"), (tmp_path, "holds no tokenizer files")):
+        fails(
+            [
+                "convert",
+                "from-reference",
+                "--cells",
+                str(cells),
+                "--base",
+                str(model_dir),
+                "--tokenizer",
+                str(tokenizer),
+                "--out",
+                out,
+            ],
+            "convert",
+            f"--tokenizer {tokenizer}: {match}",
+        )
+    assert not (tmp_path / "o").exists()

@@ -261,3 +261,35 @@ def test_a_copy_of_the_tasks_loads_its_data_from_beside_it(tmp_path):
     spec.loader.exec_module(utils)
     assert utils.DATA == copy / "data"
     assert len(utils.stdlib_ppl(version=1.0)["test"]) == 24
+
+
+def test_eval_records_n_shot_logs_samples_and_takes_lm_evals_flags(model_dir, tmp_path, capsys):
+    """--num_fewshot shows in the table and the JSON as lm_eval records it; --log_samples writes
+    lm_eval's samples files beside the results; --model_args, --seed and --gen_kwargs are
+    lm_eval's."""
+    out = tmp_path / "r.json"
+    argv = ["eval", "--model", str(model_dir), "--tasks", "pararnn_stdlib_nextline", "--limit", "2"]
+    argv += ["--num_fewshot", "1", "--log_samples", "--output", str(out), "--seed", "3"]
+    argv += ["--model_args", "dtype=float32,prefill_chunk_size=4", "--gen_kwargs", "max_gen_toks=4"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if "pararnn_stdlib_nextline" in line)
+    assert [c.strip() for c in row.split("|")][4] == "1"  # the n-shot column
+    data = json.loads(out.read_text())
+    assert data["n-shot"] == {"pararnn_stdlib_nextline": 1} and data["config"]["num_fewshot"] == 1
+    assert data["config"]["random_seed"] == 3 and data["config"]["fewshot_seed"] == 3
+    samples = list(tmp_path.glob("samples_pararnn_stdlib_nextline_*.jsonl"))
+    assert len(samples) == 1 and f"samples written to {samples[0]}" in printed
+    lines = [json.loads(line) for line in samples[0].read_text().splitlines()]
+    assert len(lines) == 2 and {"doc", "resps", "filtered_resps", "acc"} <= set(lines[0])
+    with pytest.raises(SystemExit, match="give the model as --model DIR"):
+        main([*argv[:7], "--model_args", "pretrained=x"])
+    with pytest.raises(SystemExit, match="--seed must be one integer or four"):
+        main([*argv[:7], "--seed", "1,2"])
+
+
+def test_importing_pararnn_hf_eval_registers_the_lm_eval_model():
+    code = "import pararnn_hf.eval\nfrom lm_eval.api.registry import get_model\nprint(get_model('pararnn').__name__)\n"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "ParaRNNLM"

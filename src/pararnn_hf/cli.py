@@ -16,7 +16,7 @@ from .cells import CELL_NAMES
 from .extras import MissingExtraError, require_extras
 from .model_files import TOKENIZER_FILES, read_config
 from .ops.dispatch import BACKENDS
-from .ranges import argument, eval_batch_size
+from .ranges import RANGES, argument, eval_batch_size
 
 
 def _version(dist: str) -> str:
@@ -114,6 +114,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise SystemExit(
             "pararnn-hf generate: --compile decodes greedily; drop --do-sample, --num-beams and --repetition-penalty"
         )
+    check_generation_config(args.model)
     model, tokenizer = _load_model_and_tokenizer("generate", args.model, args.dtype, args.device)
     if args.seed is not None:
         torch.manual_seed(args.seed)
@@ -145,6 +146,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if streamer is None:  # beam search cannot stream: print the winner
         print(tokenizer.decode(output[0], skip_special_tokens=True))
     return 0
+
+
+GENERATION_KEYS = (
+    "max_length",
+    "max_new_tokens",
+    "min_length",
+    "min_new_tokens",
+    "num_beams",
+    "num_return_sequences",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+)
+
+
+def check_generation_config(model_dir: str) -> None:
+    """The folder's ``generation_config.json`` (when it has one): its numeric settings in range
+    (``ranges.RANGES``), before anything is loaded."""
+    import json
+
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object, got a {type(values).__name__}")
+    for key in GENERATION_KEYS:
+        if values.get(key) is not None:
+            RANGES[key].check(f"{path}: {key}", values[key])
 
 
 def check_launch(env: dict[str, str] | None = None) -> None:
@@ -292,7 +326,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_device("eval", args.device)
     check_model_folder("eval", args.model)
 
-    model_args = {}
+    model_args = parse_model_args(args.model_args)
     if args.solver_backend:
         model_args["solver_backend"] = args.solver_backend
     if args.prefill_chunk_size is not None:
@@ -314,21 +348,49 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model_args=model_args,
         log_samples=args.log_samples,
         overwrite=args.overwrite,
+        gen_kwargs=args.gen_kwargs,
+        seeds=args.seed,
     )
     from lm_eval.utils import make_table
 
-    print(
-        make_table(
-            {
-                "results": summary["results"],
-                "versions": summary["versions"],
-                "n-shot": {t: 0 for t in summary["results"]},
-                "higher_is_better": {},
-            }
-        )
-    )
+    print(make_table(summary))
     print(f"results written to {output}")
+    for path in summary.get("samples_files", []):
+        print(f"samples written to {path}")
     return 0
+
+
+def parse_model_args(text: str | None) -> dict:
+    """lm_eval's ``--model_args`` string (``k=v,k2=v2``). ``pretrained`` is ``--model``."""
+    if not text:
+        return {}
+    from lm_eval.utils import simple_parse_args_string
+
+    try:
+        values = simple_parse_args_string(text)
+    except ValueError as err:
+        raise ValueError(f"--model_args {text!r} is not k=v[,k=v...]: {err}") from None
+    if "pretrained" in values:
+        raise ValueError("--model_args: give the model as --model DIR, not pretrained=")
+    return values
+
+
+def eval_seeds(text: str) -> tuple:
+    """lm_eval's ``--seed``: one integer for all four seeds (python, numpy, torch, few-shot),
+    or four comma-separated values, each an integer or None."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (1, 4):
+        raise argparse.ArgumentTypeError(f"must be one integer or four comma-separated ones, got {text!r}")
+    values = []
+    for part in parts:
+        if part == "None":
+            values.append(None)
+            continue
+        try:
+            values.append(RANGES["seed"].check("seed", int(part)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be integers >= 0 or None, got {text!r}") from None
+    return tuple(values * 4) if len(values) == 1 else tuple(values)
 
 
 def lm_eval_output_file(output_path: str | None, model: str) -> str | None:
@@ -480,7 +542,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--solver-backend", default=None, choices=BACKENDS)
     ev.add_argument("--prefill-chunk-size", type=argument("prefill_chunk_size"), default=None)
-    ev.add_argument("--log-samples", action="store_true")
+    ev.add_argument(
+        "--log-samples", action="store_true", help="also write samples_<task>_<time>.jsonl beside the results"
+    )
+    ev.add_argument("--model-args", default=None, help="as lm_eval: k=v[,k=v] for the model (e.g. dtype=bfloat16)")
+    ev.add_argument("--gen-kwargs", default=None, help="as lm_eval: k=v[,k=v] for every generation task")
+    ev.add_argument(
+        "--seed", type=eval_seeds, default=(0, 1234, 1234, 1234), help="as lm_eval: N, or python,numpy,torch,fewshot"
+    )
     ev.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     ev.set_defaults(func=cmd_eval)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..model_cards.stamp import marker_line, stamp
+from ..model_files import TOKENIZER_FILES
 from ..modeling import ParaRNNConfig, ParaRNNForCausalLM
 from ..output_guard import atomic_folder, check_target
 from .io import DTYPES, ConversionError, load_state_dict, progress
@@ -24,17 +25,6 @@ from .reference import (
     lm_layout_problems,
     sidecar,
     sidecar_path,
-)
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
 )
 
 
@@ -151,6 +141,11 @@ def from_reference(
         raise ValueError("pass either --cells (reference cell state dicts) or --lm (a whole LM checkpoint)")
     inputs = [*(cells or []), lm, config, base, tokenizer]
     check_target(out, overwrite, keep=inputs)  # before the work, not after
+    if tokenizer is not None:
+        if not Path(tokenizer).is_dir():
+            raise FileNotFoundError(f"--tokenizer {tokenizer}: no such folder")
+        if not any((Path(tokenizer) / name).is_file() for name in TOKENIZER_FILES):
+            raise FileNotFoundError(f"--tokenizer {tokenizer}: holds no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     torch_dtype = _dtype(dtype)
     report: dict = {"out": str(out)}
     if lm:

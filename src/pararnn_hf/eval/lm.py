@@ -21,7 +21,10 @@ def _as_int(value):
 
 @register_model("pararnn")
 class ParaRNNLM(HFLM):
-    """``lm_eval --model pararnn --model_args pretrained=DIR[,solver_backend=torch][,prefill_chunk_size=N]``
+    """lm-eval's ``pararnn`` model: ``simple_evaluate(model="pararnn", model_args="pretrained=DIR
+    [,solver_backend=torch][,prefill_chunk_size=N]", ...)`` after ``import pararnn_hf.eval``, or
+    ``pararnn-hf eval --model DIR --model_args ...`` from the shell (lm_eval's own command line
+    does not import plugins).
 
     ``solver_backend`` overrides ``config.backend`` (HFLM's own ``backend`` argument means
     causal vs seq2seq); ``prefill_chunk_size`` bounds the memory of long contexts.

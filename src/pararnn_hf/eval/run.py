@@ -38,9 +38,16 @@ def run_eval(
     model_args: dict[str, Any] | None = None,
     log_samples: bool = False,
     overwrite: bool = False,
+    gen_kwargs: str | dict[str, Any] | None = None,
+    seeds: tuple[int | None, int | None, int | None, int | None] = (0, 1234, 1234, 1234),
 ) -> dict[str, Any]:
     """Evaluate ``model_dir`` with lm-eval's ``simple_evaluate``; writes ``output`` (JSON) when
-    given (an existing file only with ``overwrite``) and returns ``{"results": ..., "config": ...}``."""
+    given (an existing file only with ``overwrite``) and returns ``{"results": ..., "config": ...}``.
+
+    As ``lm_eval``: ``model_args`` go to the model (``solver_backend``, ``prefill_chunk_size``,
+    HFLM's own such as ``dtype``), ``gen_kwargs`` to every generation task, ``seeds`` are the
+    python, numpy, torch and few-shot seeds, and ``log_samples`` writes one
+    ``samples_<task>_<time>.jsonl`` per task beside ``output`` (lm_eval's own writer)."""
     require_extras("run_eval", "eval")
     _offline()
     from . import lm as _lm  # noqa: F401  (registers the "pararnn" model)
@@ -51,7 +58,9 @@ def run_eval(
         raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
     for folder in include_path or []:
         check_task_folder(folder)
-    summary = _evaluate(
+    if log_samples and not output:
+        raise ValueError("log_samples writes its files beside the results: give an output file too")
+    summary, samples = _evaluate(
         model_dir,
         tasks,
         [str(tasks_path())] + list(include_path or []),
@@ -61,10 +70,28 @@ def run_eval(
         device,
         model_args,
         log_samples,
+        gen_kwargs,
+        seeds,
     )
     if output:
         write_text_atomically(output, json.dumps(summary, indent=2, default=str))
+    if log_samples:
+        summary["samples_files"] = write_samples(output, samples)
     return summary
+
+
+def write_samples(output: str, samples: dict[str, list]) -> list[str]:
+    """Each task's logged samples as lm_eval writes them (its ``EvaluationTracker``), in
+    ``samples_<task>_<time>.jsonl`` beside the results file."""
+    from datetime import datetime
+
+    from lm_eval.loggers import EvaluationTracker
+
+    tracker = EvaluationTracker(output_path=str(Path(output).with_suffix(".json")))
+    tracker.date_id = datetime.now().isoformat().replace(":", "-")  # what save_results_aggregated sets
+    for task, task_samples in samples.items():
+        tracker.save_results_samples(task_name=task, samples=task_samples)
+    return sorted(str(p) for p in Path(output).parent.glob(f"samples_*_{tracker.date_id}.jsonl"))
 
 
 def check_task_folder(folder: str) -> None:
@@ -89,7 +116,9 @@ def check_task_folder(folder: str) -> None:
             raise ValueError(f"--include-path: {f} is not valid YAML: {err}".replace("\n", " ")) from None
 
 
-def _evaluate(model_dir, tasks, paths, batch_size, limit, num_fewshot, device, model_args, log_samples):
+def _evaluate(
+    model_dir, tasks, paths, batch_size, limit, num_fewshot, device, model_args, log_samples, gen_kwargs, seeds
+):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -113,12 +142,20 @@ def _evaluate(model_dir, tasks, paths, batch_size, limit, num_fewshot, device, m
         task_manager=manager,
         log_samples=log_samples,
         bootstrap_iters=0,
+        gen_kwargs=gen_kwargs,
+        random_seed=seeds[0],
+        numpy_random_seed=seeds[1],
+        torch_random_seed=seeds[2],
+        fewshot_random_seed=seeds[3],
     )
     summary = {
         "model": str(Path(model_dir).resolve()),
         "results": out["results"],
+        "n-shot": out.get("n-shot", {}),
+        "higher_is_better": out.get("higher_is_better", {}),
         "n-samples": out.get("n-samples", {}),
         "versions": out.get("versions", {}),
         "config": {k: v for k, v in out.get("config", {}).items() if k != "model_args"},
     }
-    return summary
+    summary["config"]["num_fewshot"] = num_fewshot
+    return summary, out.get("samples", {})
