@@ -162,3 +162,36 @@ def test_card_names_the_model_once(model_dir):
         main(["card", str(model_dir), "--model", str(model_dir / "x")])
     with pytest.raises(SystemExit, match="which model folder"):
         main(["card"])
+
+
+def test_version_help_and_argument_errors_load_neither_torch_nor_transformers():
+    """They answer before anything heavy is imported (the package's names load lazily and it
+    registers with transformers only once transformers is imported)."""
+    code = (
+        "import sys\n"
+        "from pararnn_hf.cli import main\n"
+        "for argv in (['--version'], ['--help'], ['generate', '--help'], ['eval', '--batch-size', 'abc']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as exit:\n"
+        "        print(exit, file=sys.stderr)\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "False False"
+    assert "pararnn-hf eval: --batch-size must be an integer >= 1, 'auto' or 'auto:N'" in run.stderr
+
+
+def test_importing_the_package_registers_the_auto_classes_in_either_order():
+    for first, second in (("pararnn_hf", "transformers"), ("transformers", "pararnn_hf")):
+        code = (
+            f"import {first}\nimport {second}\n"
+            "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification\n"
+            "c = AutoConfig.for_model('pararnn', vocab_size=50, hidden_size=16, num_hidden_layers=1, num_heads=2)\n"
+            "print(type(AutoModelForSequenceClassification.from_config(c)).__name__,"
+            " type(AutoModelForTokenClassification.from_config(c)).__name__)\n"
+        )
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.split() == ["ParaRNNForSequenceClassification", "ParaRNNForTokenClassification"]

@@ -114,5 +114,7 @@ def test_saved_config_lists_the_remote_classes(tmp_path):
         "AutoConfig": "configuration_pararnn.ParaRNNConfig",
         "AutoModel": "modeling_pararnn.ParaRNNModel",
         "AutoModelForCausalLM": "modeling_pararnn.ParaRNNForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_pararnn.ParaRNNForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_pararnn.ParaRNNForTokenClassification",
     }
     assert config["model_type"] == "pararnn"

@@ -1,43 +1,48 @@
 """pararnn_hf: ParaRNN (ParaGRU, ParaLSTM) nonlinear RNN language models for Hugging Face
 Transformers, trained in parallel over the sequence with Newton's method and parallel scans.
 
-Importing the package registers ``model_type="pararnn"`` with AutoConfig, AutoModel and
-AutoModelForCausalLM.
+Importing the package registers ``model_type="pararnn"`` with AutoConfig, AutoModel,
+AutoModelForCausalLM, AutoModelForSequenceClassification and AutoModelForTokenClassification
+(as soon as transformers is imported; ``registration.py``). The names below are loaded on
+first use, so that the command line starts without torch.
 """
 
 __version__ = "0.1.0"
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM  # noqa: E402
+from .registration import install as _install  # noqa: E402
 
-from .layers import ParaGRU, ParaLSTM, ParaRNNConvergenceWarning, ParaRNNLayer  # noqa: E402
-from .modeling import (  # noqa: E402
-    ParaRNNCache,
-    ParaRNNConfig,
-    ParaRNNForCausalLM,
-    ParaRNNModel,
-    ParaRNNPreTrainedModel,
-)
-from .ops import BACKENDS, SolveInfo  # noqa: E402
+_install()
 
-AutoConfig.register(ParaRNNConfig.model_type, ParaRNNConfig, exist_ok=True)
-AutoModel.register(ParaRNNConfig, ParaRNNModel, exist_ok=True)
-AutoModelForCausalLM.register(ParaRNNConfig, ParaRNNForCausalLM, exist_ok=True)
+# name -> the submodule that defines it (PEP 562: imported on first access)
+_EXPORTS = {
+    "BACKENDS": ".names",
+    "ParaGRU": ".layers",
+    "ParaLSTM": ".layers",
+    "ParaRNNConvergenceWarning": ".layers",
+    "ParaRNNLayer": ".layers",
+    "ParaRNNCache": ".modeling",
+    "ParaRNNConfig": ".modeling",
+    "ParaRNNForCausalLM": ".modeling",
+    "ParaRNNForSequenceClassification": ".modeling",
+    "ParaRNNForTokenClassification": ".modeling",
+    "ParaRNNModel": ".modeling",
+    "ParaRNNPreTrainedModel": ".modeling",
+    "SolveInfo": ".ops",
+}
 
-from .peft_defaults import register_peft_defaults  # noqa: E402
 
-register_peft_defaults()
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pararnn_hf' has no attribute {name!r}")
+    import importlib
 
-__all__ = [
-    "BACKENDS",
-    "ParaGRU",
-    "ParaLSTM",
-    "ParaRNNCache",
-    "ParaRNNConfig",
-    "ParaRNNConvergenceWarning",
-    "ParaRNNForCausalLM",
-    "ParaRNNLayer",
-    "ParaRNNModel",
-    "ParaRNNPreTrainedModel",
-    "SolveInfo",
-    "__version__",
-]
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = [*sorted(_EXPORTS), "__version__"]

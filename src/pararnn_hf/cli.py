@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from .cells import CELL_NAMES
 from .extras import MissingExtraError, require_extras
 from .model_files import TOKENIZER_FILES, read_config
-from .ops.dispatch import BACKENDS
+from .names import BACKENDS, CELL_NAMES
 from .ranges import RANGES, argument, eval_batch_size
 
 

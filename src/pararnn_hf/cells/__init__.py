@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
+from ..names import CELL_NAMES as NAMES
 from . import gru, lstm
 
 
@@ -39,7 +40,8 @@ class Cell(Protocol):
 
 
 CELLS: dict[str, Cell] = {gru.NAME: gru, lstm.NAME: lstm}
-CELL_NAMES: tuple[str, ...] = tuple(CELLS)
+CELL_NAMES: tuple[str, ...] = NAMES
+assert tuple(CELLS) == CELL_NAMES, "the cell modules and names.CELL_NAMES disagree"
 
 
 def get_cell(name: str) -> Cell:

@@ -17,7 +17,12 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
 
 from .configuration_pararnn import ParaRNNConfig
 from .pararnn_core import CELL_CLASSES, check_resets, core_source
@@ -26,6 +31,8 @@ AUTO_MAP = {
     "AutoConfig": "configuration_pararnn.ParaRNNConfig",
     "AutoModel": "modeling_pararnn.ParaRNNModel",
     "AutoModelForCausalLM": "modeling_pararnn.ParaRNNForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_pararnn.ParaRNNForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_pararnn.ParaRNNForTokenClassification",
 }
 
 
@@ -542,4 +549,126 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["ParaRNNCache", "ParaRNNForCausalLM", "ParaRNNModel", "ParaRNNPreTrainedModel"]
+def last_real_positions(
+    attention_mask: torch.Tensor | None, input_ids: torch.Tensor | None, pad_token_id: int | None, B: int, T: int
+) -> torch.Tensor:
+    """Each row's last real token, for left and right padding alike: from the attention mask
+    when there is one (the reliable source: a pad id may equal the EOS id), else the last token
+    that is not ``pad_token_id``, else the last position."""
+    if attention_mask is not None:
+        real = (attention_mask[:, -T:] != 0).to(torch.int32)
+    elif input_ids is not None and pad_token_id is not None:
+        real = (input_ids != pad_token_id).to(torch.int32)
+    else:
+        return torch.full((B,), T - 1, dtype=torch.long)
+    positions = torch.arange(T, device=real.device, dtype=torch.int32)
+    return (positions * real).argmax(-1).long()
+
+
+class ParaRNNForSequenceClassification(ParaRNNPreTrainedModel):
+    """The model with a linear ``score`` head on the last real token of each row (the state
+    that has read the whole text; left and right padding alike), as transformers' decoder
+    models do. Loss: regression, single- or multi-label by ``config.problem_type``."""
+
+    def __init__(self, config: ParaRNNConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ParaRNNModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        resets: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutputWithPast | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            resets=resets,
+        )
+        hidden = out.last_hidden_state
+        B, T = hidden.shape[:2]
+        last = last_real_positions(attention_mask, input_ids, self.config.pad_token_id, B, T).to(hidden.device)
+        pooled = self.score(hidden[torch.arange(B, device=hidden.device), last])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=pooled, labels=labels, pooled_logits=pooled, config=self.config)
+        if not return_dict:
+            return tuple(v for v in (loss, pooled, out.hidden_states) if v is not None)
+        return _output_with_cache(
+            SequenceClassifierOutputWithPast, None, loss=loss, logits=pooled, hidden_states=out.hidden_states
+        )
+
+
+class ParaRNNForTokenClassification(ParaRNNPreTrainedModel):
+    """The model with a linear ``score`` head on every position (each sees its prefix only)."""
+
+    def __init__(self, config: ParaRNNConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ParaRNNModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        resets: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> TokenClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            resets=resets,
+        )
+        logits = self.score(out.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, config=self.config)
+        if not return_dict:
+            return tuple(v for v in (loss, logits, out.hidden_states) if v is not None)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+__all__ = [
+    "ParaRNNCache",
+    "ParaRNNForCausalLM",
+    "ParaRNNForSequenceClassification",
+    "ParaRNNForTokenClassification",
+    "ParaRNNModel",
+    "ParaRNNPreTrainedModel",
+]

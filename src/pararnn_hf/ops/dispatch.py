@@ -24,8 +24,9 @@ except ImportError:  # the pure-PyTorch copy bundled into saved model folders ha
         return False
 
 
-# What a user may ask for; METHODS are what actually runs ("auto" resolves to one of them).
-BACKENDS = ("auto", "torch", "sequential", "triton")
+from ..names import BACKENDS  # what a user may ask for
+
+# What actually runs ("auto" resolves to one of them).
 METHODS = BACKENDS[1:]
 
 logger = logging.getLogger("pararnn_hf")
