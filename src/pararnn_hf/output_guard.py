@@ -285,22 +285,26 @@ def updated_folder(out: str | os.PathLike, carry: Callable[[str], bool], marker:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_writable_folder(path: str | os.PathLike, what: str = "the output folder") -> Path:
-    """Fail now, not after the work, if files cannot be created in ``path`` (or, while it does
-    not exist, in its nearest existing parent). Probes by creating and removing a file, which
-    also catches read-only mounts and holds for root, whom permission bits do not stop."""
-    target = Path(path)
-    existing = target
+def _probe(folder: Path, path: str | os.PathLike, what: str) -> None:
+    """Create and remove a file in ``folder`` (or, while it does not exist, its nearest existing
+    parent): this also catches read-only mounts and holds for root, whom permission bits do not
+    stop."""
+    existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise NotADirectoryError(f"cannot write {what} {path}: {existing} is not a folder")
+        raise NotADirectoryError(f"cannot write {what}{path}: {existing} is not a folder")
     try:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".pararnn-probe-"):
             pass
     except OSError as err:
-        raise PermissionError(f"cannot write {what} {path}: {err.strerror or err}") from None
-    return target
+        raise PermissionError(f"cannot write {what}{path}: {err.strerror or err}") from None
+
+
+def check_writable_folder(path: str | os.PathLike, what: str = "the output folder") -> Path:
+    """Fail now, not after the work, if files cannot be created in ``path``."""
+    _probe(Path(path), path, f"{what} ")
+    return Path(path)
 
 
 def _umask() -> int:
@@ -310,27 +314,20 @@ def _umask() -> int:
 
 
 def check_writable_file(path: str | os.PathLike) -> Path:
-    """Fail now, not after the work, if ``path`` cannot be written. Probes by creating (and
-    removing) a file in the nearest existing folder, which also catches read-only mounts and
-    holds for root, whom permission bits do not stop."""
+    """Fail now, not after the work, if ``path`` cannot be written (created in its folder, or
+    appended to where it exists)."""
     if os.fspath(path).strip() == "":
         raise ValueError("the output file path is empty")
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(f"the output {path} is a folder; name a file")
-    existing = target.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise NotADirectoryError(f"cannot write {path}: {existing} is not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".pararnn-probe-"):
-            pass
-        if target.exists():
+    _probe(target.parent, path, "")
+    if target.exists():
+        try:
             with open(target, "ab"):
                 pass
-    except OSError as err:
-        raise PermissionError(f"cannot write {path}: {err.strerror or err}") from None
+        except OSError as err:
+            raise PermissionError(f"cannot write {path}: {err.strerror or err}") from None
     return target
 
 

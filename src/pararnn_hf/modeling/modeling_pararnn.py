@@ -565,10 +565,8 @@ def last_real_positions(
     return (positions * real).argmax(-1).long()
 
 
-class ParaRNNForSequenceClassification(ParaRNNPreTrainedModel):
-    """The model with a linear ``score`` head on the last real token of each row (the state
-    that has read the whole text; left and right padding alike), as transformers' decoder
-    models do. Loss: regression, single- or multi-label by ``config.problem_type``."""
+class _ParaRNNWithScoreHead(ParaRNNPreTrainedModel):
+    """The model with a linear ``score`` head (``num_labels`` outputs) on its last hidden states."""
 
     def __init__(self, config: ParaRNNConfig):
         super().__init__(config)
@@ -583,6 +581,23 @@ class ParaRNNForSequenceClassification(ParaRNNPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.model.embed_tokens = value
 
+    def _hidden(self, input_ids, attention_mask, inputs_embeds, output_hidden_states, resets):
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            resets=resets,
+        )
+
+
+class ParaRNNForSequenceClassification(_ParaRNNWithScoreHead):
+    """The ``score`` head on the last real token of each row (the state that has read the
+    whole text; left and right padding alike), as transformers' decoder models do. Loss:
+    regression, single- or multi-label by ``config.problem_type``."""
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -595,15 +610,7 @@ class ParaRNNForSequenceClassification(ParaRNNPreTrainedModel):
         **kwargs: Any,
     ) -> SequenceClassifierOutputWithPast | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            resets=resets,
-        )
+        out = self._hidden(input_ids, attention_mask, inputs_embeds, output_hidden_states, resets)
         hidden = out.last_hidden_state
         B, T = hidden.shape[:2]
         last = last_real_positions(attention_mask, input_ids, self.config.pad_token_id, B, T).to(hidden.device)
@@ -618,21 +625,8 @@ class ParaRNNForSequenceClassification(ParaRNNPreTrainedModel):
         )
 
 
-class ParaRNNForTokenClassification(ParaRNNPreTrainedModel):
-    """The model with a linear ``score`` head on every position (each sees its prefix only)."""
-
-    def __init__(self, config: ParaRNNConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.model = ParaRNNModel(config)
-        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
+class ParaRNNForTokenClassification(_ParaRNNWithScoreHead):
+    """The ``score`` head on every position (each sees its prefix only)."""
 
     def forward(
         self,
@@ -646,15 +640,7 @@ class ParaRNNForTokenClassification(ParaRNNPreTrainedModel):
         **kwargs: Any,
     ) -> TokenClassifierOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            resets=resets,
-        )
+        out = self._hidden(input_ids, attention_mask, inputs_embeds, output_hidden_states, resets)
         logits = self.score(out.last_hidden_state)
         loss = None
         if labels is not None:
