@@ -47,12 +47,30 @@ RESERVED_SMEM = 1024
 # forward's risk) or spilling more than a few words.
 REGISTER_CEILING = 240
 SPILL_BYTES_ALLOWED = 32
-KERNELS = ("newton_forward", "adjoint_backward", "decode_step")
+# name -> the module (under pararnn_hf.ops.triton) that defines ``<name>_kernel``
+KERNEL_MODULES = {
+    "newton_forward": "kernels",
+    "adjoint_backward": "kernels",
+    "decode_step": "kernels",
+    "tp_guess": "time_parallel_kernels",
+    "tp_carry": "time_parallel_kernels",
+    "tp_step": "time_parallel_kernels",
+    "tp_finish": "time_parallel_kernels",
+    "tp_adjoint_local": "time_parallel_kernels",
+    "tp_adjoint_carry": "time_parallel_kernels",
+    "tp_adjoint_grad": "time_parallel_kernels",
+}
+KERNELS = tuple(KERNEL_MODULES)
 U_DTYPES = {"float32": "*fp32", "bfloat16": "*bf16"}
 # pointer arguments whose element type is not fp32
-POINTER_TYPES = {"mask_ptr": "*i8", "iters_ptr": "*i32"}
-SCALAR_TYPES = {"T": "i32", "N": "i32", "tol": "fp32"}
-OPTIONAL = {"mask_ptr": "HAS_MASK", "keep_ptr": "HAS_KEEP"}
+POINTER_TYPES = {"mask_ptr": "*i8", "iters_ptr": "*i32", "ctrl_ptr": "*i32", "first_reset_ptr": "*i32"}
+SCALAR_TYPES = {"T": "i32", "N": "i32", "tol": "fp32", "NC": "i32", "it": "i32", "MAX_ITERS": "i32"}
+SCALAR_TYPES.update(
+    {"PROGRAMS_KEY": "i32", "T_KEY": "i32", "su_b": "i32", "su_t": "i32", "su_g": "i32", "su_h": "i32", "NH": "i32"}
+)
+OPTIONAL = {"mask_ptr": "HAS_MASK", "keep_ptr": "HAS_KEEP", "bias_ptr": "HAS_BIAS"}
+# outputs that exist exactly when an optional input does
+OPTIONAL_OUTPUTS = {"db_ptr": "bias_ptr"}
 
 
 @dataclass(frozen=True)
@@ -60,7 +78,7 @@ class Case:
     kernel: str
     cell: str
     u_dtype: str
-    optional: bool  # padding mask and reset flags present
+    optional: bool  # padding mask, reset flags and bias present
     config: tuple[tuple[str, int], ...]  # the autotune config's constexprs, sorted
     num_warps: int
     num_stages: int
@@ -69,15 +87,18 @@ class Case:
     @property
     def label(self) -> str:
         cfg = ",".join(f"{k}={v}" for k, v in self.config)
-        flags = "mask+keep" if self.optional else "no-flags"
+        flags = "mask+keep+bias" if self.optional else "no-flags"
         launch = f"w={self.num_warps} s={self.num_stages} sm_{self.arch}"
         return f"{self.kernel} {self.cell} u={self.u_dtype} {flags} {cfg} {launch}"
 
 
 def _kernel_objects():
-    from pararnn_hf.ops.triton import kernels
+    import importlib
 
-    return {name: getattr(kernels, f"{name}_kernel") for name in KERNELS}
+    return {
+        name: getattr(importlib.import_module(f"pararnn_hf.ops.triton.{module}"), f"{name}_kernel")
+        for name, module in KERNEL_MODULES.items()
+    }
 
 
 def _jit_function(kernel):
@@ -104,6 +125,14 @@ def configs_of(name: str, cell_id: int) -> list:
     shapes = {"newton_forward": kernels.FORWARD_SHAPES, "adjoint_backward": kernels.BACKWARD_SHAPES}
     if name in shapes:
         return kernels.configs_for(shapes[name], cell_id)
+    if name.startswith("tp_"):  # the time-parallel schedule's one tile per cell (not autotuned)
+        import triton
+
+        from pararnn_hf.ops.triton.time_parallel import TILES
+
+        ch, bn, warps = TILES[cell_id]
+        constexprs = {"BN": bn} if name in ("tp_carry", "tp_adjoint_carry") else {"CH": ch, "BN": bn}
+        return [triton.Config(constexprs, num_warps=warps)]
     return kernels.STEP_CONFIGS
 
 
@@ -113,9 +142,10 @@ def cases(archs=(80, 90), kernels=KERNELS) -> list[Case]:
     for name in kernels:
         params = {p.name for p in _jit_function(objs[name]).params}
         has_optional = bool(params & set(OPTIONAL))
+        u_dtypes = list(U_DTYPES) if "u_ptr" in params else ["float32"]
         for cell, (cell_id, _) in _cells().items():
             for cfg in configs_of(name, cell_id):
-                for u_dtype in U_DTYPES:
+                for u_dtype in u_dtypes:
                     for optional in (False, True) if has_optional else (False,):
                         for arch in archs:
                             config = tuple(sorted(cfg.kwargs.items()))
@@ -134,7 +164,8 @@ def _signature(case: Case):
     signature, constexprs = {}, {}
     for p in fn.params:
         name = p.name
-        absent = (name in OPTIONAL and not case.optional) or (name in ("C_ptr", "dC_ptr") and case.cell == "gru")
+        optional = name in OPTIONAL or name in OPTIONAL_OUTPUTS
+        absent = (optional and not case.optional) or (name in ("C_ptr", "dC_ptr") and case.cell == "gru")
         if p.is_constexpr:
             signature[name], constexprs[name] = "constexpr", fixed[name]
         elif absent:
@@ -231,7 +262,7 @@ def table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         cfg = r["config"]
-        flags = "mask+keep" if r["optional"] else "-"
+        flags = "all" if r["optional"] else "-"
         if r.get("error"):
             lines.append(f"{r['kernel']:<17} {r['cell']:<4} {r['u_dtype']:<8} {flags:<9} ERROR {r['error'][:80]}")
             continue

@@ -56,6 +56,22 @@ def test_every_kernel_config_compiles_for_sm80_and_sm90_without_spills(tmp_path)
                 kernel,
                 cell,
             )
+    # the time-parallel schedule's kernels at its one tile per cell
+    from pararnn_hf.ops.triton.time_parallel import TILES
+
+    for kernel in (
+        "tp_guess",
+        "tp_step",
+        "tp_carry",
+        "tp_finish",
+        "tp_adjoint_local",
+        "tp_adjoint_carry",
+        "tp_adjoint_grad",
+    ):
+        for cell, cell_id in (("gru", 0), ("lstm", 1)):
+            got = {(r["config"].get("CH", TILES[cell_id][0]), r["config"]["BN"], r["num_warps"])
+                   for r in rows if (r["kernel"], r["cell"]) == (kernel, cell)}  # fmt: skip
+            assert got == {TILES[cell_id]}, (kernel, cell, got)
     steps = [(r["config"]["BN"], r["num_warps"]) for r in rows if r["kernel"] == "decode_step"]
     assert sorted(set(steps)) == sorted(kernels.STEP_SHAPES) and len(steps) == 8 * len(kernels.STEP_SHAPES)
     assert all(r["error"] is None and r["local"] == 0 and r["regs"] <= 255 and r["ctas_per_sm"] >= 1 for r in rows)

@@ -234,10 +234,13 @@ def test_each_kernel_has_a_reference_with_the_same_signature():
 
     from pararnn_hf.ops.newton import newton_forward
     from pararnn_hf.ops.recurrence import adjoint_backward, decode_step
+    from pararnn_hf.ops.triton import time_parallel
 
     pairs = [
         (newton_forward, triton_solve.triton_newton_forward),
+        (newton_forward, time_parallel.triton_time_parallel_forward),
         (adjoint_backward, triton_solve.triton_adjoint_backward),
+        (adjoint_backward, time_parallel.triton_time_parallel_backward),
         (decode_step, triton_solve.triton_decode_step),
     ]
     for reference, kernel in pairs:
@@ -245,19 +248,35 @@ def test_each_kernel_has_a_reference_with_the_same_signature():
 
 
 @pytest.mark.parametrize("name", ["gru", "lstm"])
-def test_adjoint_backward_pair_agrees(name):
+@pytest.mark.parametrize("schedule", ["chunked", "time_parallel"])
+@pytest.mark.parametrize("layout", ["dense", "heads"])
+def test_solver_pairs_agree(name, schedule, layout):
+    """Each schedule's forward and backward against their references, for ``u`` as a dense
+    [B, T, 3, N] with the bias added, and as the per-head GEMM's [B, T, 3, H, N/H] view with the
+    bias apart (added by the kernels; its gradient from them too)."""
+    from pararnn_hf.ops.newton import newton_forward
     from pararnn_hf.ops.recurrence import adjoint_backward
+    from pararnn_hf.ops.triton import time_parallel
 
+    forward, backward = {
+        "chunked": (triton_solve.triton_newton_forward, triton_solve.triton_adjoint_backward),
+        "time_parallel": (time_parallel.triton_time_parallel_forward, time_parallel.triton_time_parallel_backward),
+    }[schedule]
     layer = LAYERS[name](8, 12, num_heads=2, init_recurrent_std=0.4).to(DEVICE)
     with torch.no_grad():
-        u = layer.project(torch.randn(2, 21, 8, device=DEVICE))
+        layer.b.add_(0.3 * torch.randn_like(layer.b))
+        x = torch.randn(2, 21, 8, device=DEVICE)
+        u, bias = (layer.project(x), None) if layout == "dense" else (layer.project_heads(x), layer.b)
         s0 = 0.3 * torch.randn(2, layer.state_rows, 12, device=DEVICE)
         keep = (torch.rand(2, 21, 1, 1, device=DEVICE) > 0.2).float()
         C = layer.C
-        s, _ = triton_solve.triton_newton_forward(layer.cell, u, layer.A, C, s0, None, keep, 8, None)
+        s, _ = forward(layer.cell, u, layer.A, C, s0, None, keep, 8, None, bias)
+        s_ref, _ = newton_forward(layer.cell, u, layer.A, C, s0, None, keep, 8, None, bias)
+        assert rel_err(s, s_ref) < TOL
         g = torch.randn_like(s)
-        ref = adjoint_backward(layer.cell, u, layer.A, C, s0, s, None, keep, g)
-        fast = triton_solve.triton_adjoint_backward(layer.cell, u, layer.A, C, s0, s, None, keep, g)
+        ref = adjoint_backward(layer.cell, u, layer.A, C, s0, s, None, keep, g, bias)
+        fast = backward(layer.cell, u, layer.A, C, s0, s, None, keep, g, bias)
+    assert fast[0].shape == u.shape and (fast[4] is None) == (bias is None)
     for a, b in zip(fast, ref):
         if b is not None:
             assert rel_err(a, b) < TOL

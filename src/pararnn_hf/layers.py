@@ -16,7 +16,17 @@ import torch
 from torch import Tensor, nn
 
 from .cells import CELL_NAMES, Cell, gru, lstm
-from .ops.dispatch import BACKENDS, check_backend, compute_dtype, select_method, select_step_method, solver_input
+from .names import SCHEDULES
+from .ops.dispatch import (
+    BACKENDS,
+    check_backend,
+    check_schedule,
+    compute_dtype,
+    dense_u,
+    select_method,
+    select_step_method,
+    solver_input,
+)
 from .ops.newton import MAX_TOLERANCE, SolveInfo
 from .ops.recurrence import NonFiniteSolve, decode_step, solve_op
 
@@ -100,6 +110,7 @@ class ParaRNNLayer(nn.Module):
         init_gate_bias: tuple[float, float] = (0.0, 1.0),
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        triton_schedule: str = "auto",
     ) -> None:
         super().__init__()
         for key, value in (("input_size", input_size), ("state_size", state_size), ("num_heads", num_heads)):
@@ -121,7 +132,8 @@ class ParaRNNLayer(nn.Module):
             raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
         check_gate_bias(init_gate_bias, "init_gate_bias")
         self.input_size, self.state_size, self.num_heads = input_size, state_size, num_heads
-        self.backend = backend  # both checked by their setters, also when assigned later
+        self.backend = backend  # these three are checked by their setters, also when assigned later
+        self.triton_schedule = triton_schedule
         self.newton_max_iterations = newton_max_iterations
         self.newton_tolerance = newton_tolerance
         self.init_recurrent_std = init_recurrent_std
@@ -156,6 +168,18 @@ class ParaRNNLayer(nn.Module):
         self._backend = check_backend(value)
 
     @property
+    def triton_schedule(self) -> str:
+        """How the Triton kernels spread the sequence over the GPU: ``"chunked"`` (a program per
+        batch row and channel block walks the time chunks), ``"time_parallel"`` (a program per
+        chunk too, for batch-1 prefill and long sequences) or ``"auto"``
+        (``ops.dispatch.select_schedule``). The torch and sequential backends ignore it."""
+        return self._triton_schedule
+
+    @triton_schedule.setter
+    def triton_schedule(self, value: str) -> None:
+        self._triton_schedule = check_schedule(value)
+
+    @property
     def newton_tolerance(self) -> float | None:
         """Newton's stopping tolerance (None: the dtype's default), at most ``MAX_TOLERANCE``."""
         return self._newton_tolerance
@@ -188,7 +212,7 @@ class ParaRNNLayer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"input_size={self.input_size}, state_size={self.state_size}, num_heads={self.num_heads}, "
-            f"backend={self.backend!r}"
+            f"backend={self.backend!r}, triton_schedule={self.triton_schedule!r}"
         )
 
     # ----------------------------------------------------------------------------- helpers
@@ -200,12 +224,21 @@ class ParaRNNLayer(nn.Module):
     def state_rows(self) -> int:
         return len(self.cell.STATE_ROWS)
 
+    def project_heads(self, x: Tensor) -> Tensor:
+        """``B·x`` without the bias, as one batched GEMM over the heads: ``[..., input_size] ->
+        [..., 3, H, state_size / H]``, a view of the GEMM's output ``[H, tokens, 3, N/H]``. The
+        kernels read it where it lies and add ``b`` themselves, so no layout copy or bias pass
+        runs around them (docs/design.md#kernels)."""
+        H, G = self.num_heads, len(self.cell.GATE_ROWS)
+        lead = x.shape[:-1]
+        xh = x.reshape(-1, H, self.input_size // H).transpose(0, 1)  # [H, tokens, D/H], a view
+        out = torch.bmm(xh, self.B.reshape(H, self.input_size // H, G * (self.state_size // H)))
+        u = out.view(H, *lead, G, self.state_size // H)
+        return u.permute(*range(1, len(lead) + 1), len(lead) + 1, 0, len(lead) + 2)
+
     def project(self, x: Tensor) -> Tensor:
         """``u = B·x + b`` with per-head blocks: ``[..., input_size] -> [..., 3, state_size]``."""
-        H = self.num_heads
-        xh = x.unflatten(-1, (H, self.input_size // H))
-        u = torch.einsum("...hi,higj->...ghj", xh, self.B).flatten(-2)
-        return u + self.b
+        return self.project_heads(x).flatten(-2) + self.b
 
     def _check_input(self, x: Tensor, expected_rank: int, what: str) -> None:
         if not isinstance(x, Tensor):
@@ -320,12 +353,15 @@ class ParaRNNLayer(nn.Module):
         keep = None if r is None else (~r).to(dtype)
         if m is not None:  # padding cannot reach the projection (or its gradients), whatever it holds
             x = torch.where(m.view(batch, time, 1), x, torch.zeros((), dtype=x.dtype, device=x.device))
-        u = self.project(x)
+        u = self.project_heads(x)
         method = select_method(self.backend, u, self.state_rows)
-        u = solver_input(u, method)
+        bias = self.b if method == "triton" else None
+        if method != "triton":  # the torch solvers read a dense u, the bias added in fp32 as the kernels do
+            u = dense_u(solver_input(u, method), self.b)
         A = self.A.to(dtype)
         C = None if self.C is None else self.C.to(dtype)
         args = (self.cell, u, A, C, s0, m, keep, method, self.newton_max_iterations, self.newton_tolerance, self._label)
+        args += (self.triton_schedule, bias)
         if torch.compiler.is_compiling():
             # no host sync in a compiled graph: the op raises on NaN/Inf itself, and the
             # report stays unread (last_solve_info is not updated, no convergence warning)
@@ -361,7 +397,7 @@ class ParaRNNLayer(nn.Module):
         self._check_input(x_t, 2, "x_t")
         dtype = compute_dtype(x_t.dtype)
         s0 = self._state_tensor(state, x_t.shape[0], x_t, dtype)
-        u = self.project(x_t).to(dtype)
+        u = self.project_heads(x_t).to(dtype).flatten(-2) + self.b.to(dtype)
         C = None if self.C is None else self.C.to(dtype)
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         if select_step_method(self.backend, u, needs_grad) == "triton":
@@ -420,6 +456,7 @@ __all__ = [
     "BACKENDS",
     "CELL_CLASSES",
     "CELL_NAMES",
+    "SCHEDULES",
     "ParaGRU",
     "ParaLSTM",
     "ParaRNNConvergenceWarning",

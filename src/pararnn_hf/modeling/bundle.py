@@ -70,7 +70,7 @@ class _BundleImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(code, module.__dict__)
 
 
-_NAMES = ("BACKENDS", "CELL_CLASSES", "CELL_NAMES", "ParaGRU", "ParaLSTM", "check_resets")
+_NAMES = ("BACKENDS", "CELL_CLASSES", "CELL_NAMES", "SCHEDULES", "ParaGRU", "ParaLSTM", "check_resets")
 
 
 def _load_layers():
@@ -87,7 +87,7 @@ def _load_layers():
 
 
 _layers = _load_layers()
-BACKENDS, CELL_CLASSES, CELL_NAMES, ParaGRU, ParaLSTM, check_resets = (getattr(_layers, n) for n in _NAMES)
+BACKENDS, CELL_CLASSES, CELL_NAMES, SCHEDULES, ParaGRU, ParaLSTM, check_resets = (getattr(_layers, n) for n in _NAMES)
 
 
 def core_source():

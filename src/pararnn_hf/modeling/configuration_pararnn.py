@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .pararnn_core import BACKENDS, CELL_NAMES
+from .pararnn_core import BACKENDS, CELL_NAMES, SCHEDULES
 
 
 def _default_intermediate_size(hidden_size: int) -> int:
@@ -42,6 +42,8 @@ class ParaRNNConfig(PretrainedConfig):
         newton_max_iterations: cap on Newton iterations before the exact fallback.
         newton_tolerance: residual tolerance (None: 4e-6 for fp32, 1e-11 for fp64).
         backend: ``"auto"``, ``"torch"``, ``"sequential"`` or ``"triton"``.
+        triton_schedule: how the Triton kernels spread a sequence over the GPU: ``"auto"``,
+            ``"chunked"`` or ``"time_parallel"`` (ignored by the other backends).
         recurrent_prefill_chunk_size: when set, prompts longer than this are prefilled in
             chunks of this many tokens, carrying the recurrent state (bounded memory, same
             result). Not named ``prefill_chunk_size``: transformers copies that key into the
@@ -76,6 +78,7 @@ class ParaRNNConfig(PretrainedConfig):
         newton_max_iterations: int = 8,
         newton_tolerance: float | None = None,
         backend: str = "auto",
+        triton_schedule: str = "auto",
         recurrent_prefill_chunk_size: int | None = None,
         mixer_residual_scale: bool = False,
         mlp_residual: bool = True,
@@ -104,6 +107,7 @@ class ParaRNNConfig(PretrainedConfig):
         self.newton_max_iterations = newton_max_iterations
         self.newton_tolerance = newton_tolerance
         self.backend = backend
+        self.triton_schedule = triton_schedule
         legacy_chunk = kwargs.pop("prefill_chunk_size", None)
         if recurrent_prefill_chunk_size is None:
             recurrent_prefill_chunk_size = legacy_chunk
@@ -146,6 +150,8 @@ class ParaRNNConfig(PretrainedConfig):
             raise ValueError(f"ParaRNNConfig: cell must be one of {CELL_NAMES}, got {self.cell!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"ParaRNNConfig: backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.triton_schedule not in SCHEDULES:
+            raise ValueError(f"ParaRNNConfig: triton_schedule must be one of {SCHEDULES}, got {self.triton_schedule!r}")
         if self.d_inner % self.num_heads:
             raise ValueError(
                 f"ParaRNNConfig: the cell width expand * hidden_size = {self.d_inner} must be divisible by "

@@ -201,6 +201,7 @@ class ParaRNNMixer(nn.Module):
             di,
             num_heads=config.num_heads,
             backend=config.backend,
+            triton_schedule=getattr(config, "triton_schedule", "auto"),
             newton_max_iterations=config.newton_max_iterations,
             newton_tolerance=config.newton_tolerance,
             init_recurrent_std=config.init_recurrent_std,

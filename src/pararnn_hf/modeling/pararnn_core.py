@@ -5,7 +5,16 @@ that uses the installed package when it can and embedded pure-PyTorch sources ot
 both export the same names.
 """
 
-from ..layers import BACKENDS, CELL_CLASSES, CELL_NAMES, ParaGRU, ParaLSTM, check_resets
+from ..layers import BACKENDS, CELL_CLASSES, CELL_NAMES, SCHEDULES, ParaGRU, ParaLSTM, check_resets
 from .bundle import bundle_source as core_source
 
-__all__ = ["BACKENDS", "CELL_CLASSES", "CELL_NAMES", "ParaGRU", "ParaLSTM", "check_resets", "core_source"]
+__all__ = [
+    "BACKENDS",
+    "CELL_CLASSES",
+    "CELL_NAMES",
+    "SCHEDULES",
+    "ParaGRU",
+    "ParaLSTM",
+    "check_resets",
+    "core_source",
+]

@@ -24,7 +24,7 @@ except ImportError:  # the pure-PyTorch copy bundled into saved model folders ha
         return False
 
 
-from ..names import BACKENDS  # what a user may ask for
+from ..names import BACKENDS, SCHEDULES  # what a user may ask for
 
 # What actually runs ("auto" resolves to one of them).
 METHODS = BACKENDS[1:]
@@ -78,7 +78,7 @@ def select_method(backend: str, u: Tensor, state_rows: int) -> str:
                 "use backend='torch' or 'auto' for float64"
             )
         return "triton"
-    B, T, _, N = u.shape
+    B, T, N = sequence_shape(u)
     if u.device.type == "cpu":
         method = "torch" if _cpu_prefers_newton(T, B * state_rows * N) else "sequential"
     else:  # the kernels compute in float32: float64 stays on the torch solver
@@ -96,10 +96,54 @@ def compute_dtype(x_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if x_dtype == torch.float64 else torch.float32
 
 
+def sequence_shape(u: Tensor) -> tuple[int, int, int]:
+    """(B, T, N) of ``u`` as the solvers take it: ``[B, T, 3, N]``, or ``[B, T, 3, H, N/H]`` as
+    the per-head projection produces it."""
+    return u.shape[0], u.shape[1], u.shape[3] * (u.shape[4] if u.dim() == 5 else 1)
+
+
+def dense_u(u: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``u`` as ``[B, T, 3, N]`` with the bias added: what the torch solvers read (the kernels
+    read the projection where it lies and add the bias themselves)."""
+    if u.dim() == 5:
+        u = u.flatten(-2)
+    return u if bias is None else u + bias.to(u.dtype)
+
+
 def solver_input(u: Tensor, method: str) -> Tensor:
     """``u`` as the chosen solver reads it: the kernels read bf16/fp16 ``u`` as is (and
     compute in fp32); the torch solvers get it in the compute dtype."""
     return u if method == "triton" else u.to(compute_dtype(u.dtype))
+
+
+# "auto" picks the time-parallel schedule when the chunked one would leave most of the GPU
+# idle: it launches one program per batch row and block of CHUNKED_BN channels, walking the
+# whole sequence, so below one program per SM it cannot fill the device; the time-parallel one
+# launches T / CH times more, each doing a few passes over memory per Newton step, which pays
+# once the sequence holds several of its chunks. Thresholds to be refined by measurement
+# (benchmarks/gpu_check.sh times both schedules side by side).
+CHUNKED_BN = 32
+TIME_PARALLEL_MIN_T = 256
+
+
+def check_schedule(schedule: str) -> str:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown triton_schedule {schedule!r}; expected one of {SCHEDULES}")
+    return schedule
+
+
+def select_schedule(schedule: str, u: Tensor) -> str:
+    """The Triton schedule that runs the solve of ``u`` ``[B, T, G, N]``: ``schedule`` itself
+    unless it is ``"auto"`` (see the thresholds above; the interpreter on CPU, which has no SM
+    count, runs the chunked one)."""
+    check_schedule(schedule)
+    if schedule != "auto":
+        return schedule
+    B, T, N = sequence_shape(u)
+    if u.device.type != "cuda" or T < TIME_PARALLEL_MIN_T:
+        return "chunked"
+    sms = torch.cuda.get_device_properties(u.device).multi_processor_count
+    return "time_parallel" if B * -(-N // CHUNKED_BN) < sms else "chunked"
 
 
 def select_step_method(backend: str, u: Tensor, needs_grad: bool) -> str:

@@ -24,7 +24,9 @@ from .scan import parallel_linear_scan
 from .sequential import sequential_solve
 from .transition import Transition, shift_right
 
-REPORT_SIZE = 5
+REPORT_SIZE = 6
+# the Triton schedule that ran, as a number in the report (0: not the kernels)
+SCHEDULE_CODES = {None: 0, "chunked": 1, "time_parallel": 2}
 
 
 def report_dtype(device: torch.device) -> torch.dtype:
@@ -45,19 +47,22 @@ class SolveInfo:
     converged: bool = True
     fallback_from: int | None = None  # first time step re-solved sequentially
     finite: bool = True
+    schedule: str | None = None  # the Triton kernels' schedule ("chunked", "time_parallel")
 
     def report(self, device: torch.device) -> Tensor:
         """The numbers as a small tensor: what the solve op returns beside the states (an op
         returns tensors only, and a compiled graph must not sync to read them)."""
         fallback = -1 if self.fallback_from is None else self.fallback_from
         values = [self.iterations, self.residual, float(self.converged), fallback, float(self.finite)]
+        values.append(SCHEDULE_CODES[self.schedule])
         return torch.tensor(values, dtype=report_dtype(device), device=device)
 
     @classmethod
     def from_report(cls, method: str, report: Tensor, backend: str | None = None) -> SolveInfo:
-        iterations, residual, converged, fallback, finite = report.tolist()
+        iterations, residual, converged, fallback, finite, code = report.tolist()
         fallback_from = None if fallback < 0 else int(fallback)
-        return cls(method, backend, int(iterations), residual, bool(converged), fallback_from, bool(finite))
+        schedule = {v: k for k, v in SCHEDULE_CODES.items()}[int(code)]
+        return cls(method, backend, int(iterations), residual, bool(converged), fallback_from, bool(finite), schedule)
 
 
 def state_scales(cell: Cell, s0: Tensor, keep: Tensor | None = None) -> Tensor | None:
@@ -110,7 +115,13 @@ def newton_forward(
     keep: Tensor | None = None,
     max_iterations: int = 8,
     tolerance: float | None = None,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, SolveInfo]:
+    """All states by parallel Newton (the reference of the Triton schedules: same arguments;
+    ``u`` may be the per-head projection ``[B, T, 3, H, N/H]`` without its ``bias``)."""
+    from .dispatch import dense_u
+
+    u = dense_u(u, bias)
     tol = default_tolerance(u.dtype) if tolerance is None else tolerance
     B, T = u.shape[:2]
     info = SolveInfo("torch")

@@ -20,10 +20,11 @@ Conventions (every kernel here follows them):
   channels); per-step flags are ``[CH, 1]`` columns.
 - The cell. ``CELL`` is the cell module's ``KERNEL_ID`` (0 = ParaGRU, 1 = ParaLSTM) and ``K``
   its number of state rows; both are constexprs, so each cell compiles to its own kernel.
-- Layouts. ``u``/``du`` are ``[B, T, 3, N]``, states ``[B, T, K, N]`` with h the last row,
+- Layouts. ``u``/``du`` are ``[B, T, 3, H, NH]`` with strides ``su_*`` (the per-head GEMM's
+  output as it lies; a plain ``[B, T, 3, N]`` is H = 1), states ``[B, T, K, N]`` with h the last row,
   ``A`` ``[3, N]``, ``C`` ``[2, N]``, flags ``[B, T]``; all contiguous.
-- Optional inputs are passed as ``None`` (the padding mask, the reset flags, the GRU's
-  ``C`` and ``dC``); ``@triton.heuristics`` turns their presence into the ``HAS_*``
+- Optional inputs are passed as ``None`` (the padding mask, the reset flags, the bias ``b``
+  and ``db``, the GRU's ``C`` and ``dC``); ``@triton.heuristics`` turns their presence into the ``HAS_*``
   constexprs, so an absent input costs neither a load nor a dummy tensor.
 - Launches name every argument (``kernel[grid](u_ptr=u, ...)``).
 """
@@ -50,13 +51,16 @@ def _configs(shapes: list[tuple[int, int, int]]) -> list[triton.Config]:
 # BENCHMARKS.md "Kernel resources"); left out:
 # - LSTM forward, BN = 64: 255 registers and 16-40 B spills per thread (Triton 3.6);
 # - GRU forward, (32, 16, 2): ptxas spills 40 B at 168 registers on sm_80 (Triton 3.6);
-# - LSTM backward, CH = 64: 255 registers and a 24 B spill on sm_80 (Triton 3.9).
+# - LSTM backward, CH = 64: 255 registers and a 24 B spill on sm_80 (Triton 3.9);
+# - LSTM backward, (32, 64, 8) with the bias read in the kernel: 8 B at 255 registers, sm_90;
+# - taller GRU tiles, (128, 16, 4) and (128, 32, 8): 255 registers, forward spills 8-40 B and
+#   backward up to 112 B on sm_90 (Triton 3.9).
 ALL_SHAPES = [(16, 32, 4), (32, 32, 4), (64, 32, 8), (32, 64, 8), (16, 64, 4), (32, 16, 2)]
 FORWARD_SHAPES = {
     0: [(16, 32, 4), (32, 32, 4), (64, 32, 8), (32, 64, 8), (16, 64, 4)],
     1: [(16, 32, 4), (32, 32, 4), (64, 32, 8), (32, 16, 2)],
 }
-BACKWARD_SHAPES = {0: ALL_SHAPES, 1: [(16, 32, 4), (32, 32, 4), (32, 64, 8), (16, 64, 4), (32, 16, 2)]}
+BACKWARD_SHAPES = {0: ALL_SHAPES, 1: [(16, 32, 4), (32, 32, 4), (16, 64, 4), (32, 16, 2)]}
 SEQUENCE_CONFIGS = _configs(ALL_SHAPES)
 
 
@@ -89,15 +93,29 @@ MIN_BN = min(c.kwargs["BN"] for c in SEQUENCE_CONFIGS)
 
 
 @triton.jit
+def _u_offsets(b, t, n, su_b, su_t, su_h, NH):
+    """Element offsets [CH, BN] of gate row 0 of ``u`` at steps ``t`` and channels ``n``, for
+    ``u`` laid out as [B, T, 3, H, NH] with any strides (``su_*``; the channel within a head
+    is contiguous): the per-head GEMM's output is read where it lies, with no layout copy."""
+    return b * su_b + t.to(tl.int64)[:, None] * su_t + ((n // NH).to(tl.int64) * su_h + n % NH)[None, :]
+
+
+@triton.jit
 def _chunk_inputs(
-    u_ptr, mask_ptr, keep_ptr, b, t, n, tmask, nmask, T, N, HAS_MASK: tl.constexpr, HAS_KEEP: tl.constexpr
-):
-    """u rows (fp32), and per-step 'real token' and 'keep state' as [CH, 1] columns."""
+    u_ptr, bias_ptr, mask_ptr, keep_ptr, b, t, n, tmask, nmask, T, N, su_b, su_t, su_g, su_h, NH,
+    HAS_MASK: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_BIAS: tl.constexpr,
+):  # fmt: skip
+    """u rows (fp32, with the bias ``b`` [3, N] added here when given), and per-step 'real
+    token' and 'keep state' as [CH, 1] columns."""
     m2 = tmask[:, None] & nmask[None, :]
-    off = u_ptr + (b * T + t.to(tl.int64))[:, None] * (3 * N) + n[None, :]
+    off = u_ptr + _u_offsets(b, t, n, su_b, su_t, su_h, NH)
     u0 = tl.load(off, mask=m2, other=0.0).to(tl.float32)
-    u1 = tl.load(off + N, mask=m2, other=0.0).to(tl.float32)
-    u2 = tl.load(off + 2 * N, mask=m2, other=0.0).to(tl.float32)
+    u1 = tl.load(off + su_g, mask=m2, other=0.0).to(tl.float32)
+    u2 = tl.load(off + 2 * su_g, mask=m2, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        u0 += tl.load(bias_ptr + n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        u1 += tl.load(bias_ptr + N + n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        u2 += tl.load(bias_ptr + 2 * N + n, mask=nmask, other=0.0).to(tl.float32)[None, :]
     real = tmask
     if HAS_MASK:
         real = real & (tl.load(mask_ptr + b * T + t, mask=tmask, other=0) != 0)
@@ -136,15 +154,29 @@ def _row(tile, select):
 
 # presence of the optional inputs -> constexpr flags (None pointers compile away)
 _OPTIONAL_FLAGS = triton.heuristics(
-    {"HAS_MASK": lambda args: args["mask_ptr"] is not None, "HAS_KEEP": lambda args: args["keep_ptr"] is not None}
+    {
+        "HAS_MASK": lambda args: args["mask_ptr"] is not None,
+        "HAS_KEEP": lambda args: args["keep_ptr"] is not None,
+        "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
+    }
 )
 
 
-@triton.autotune(configs=SEQUENCE_CONFIGS, key=["N", "CELL"], prune_configs_by=_per_cell(FORWARD_SHAPES))
+def tuning_keys(B: int, T: int, N: int) -> dict[str, int]:
+    """What the chunked kernels' autotuning is keyed on besides N and the cell: log2 buckets of
+    the programs launched (B * N / 32) and of T, so that a tile tuned at batch 8 is not reused
+    at batch 1, where fewer, taller tiles fill the GPU differently."""
+    return {"PROGRAMS_KEY": (B * -(-N // 32)).bit_length(), "T_KEY": max(T, 1).bit_length()}
+
+
+@triton.autotune(
+    configs=SEQUENCE_CONFIGS, key=["N", "CELL", "PROGRAMS_KEY", "T_KEY"], prune_configs_by=_per_cell(FORWARD_SHAPES)
+)
 @_OPTIONAL_FLAGS
 @triton.jit
 def newton_forward_kernel(
     u_ptr,
+    bias_ptr,
     A_ptr,
     C_ptr,
     s0_ptr,
@@ -155,11 +187,19 @@ def newton_forward_kernel(
     iters_ptr,
     T,
     N,
+    su_b,
+    su_t,
+    su_g,
+    su_h,
+    NH,
+    PROGRAMS_KEY,
+    T_KEY,
     tol,
     CELL: tl.constexpr,
     K: tl.constexpr,
     HAS_MASK: tl.constexpr,
     HAS_KEEP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     MAX_ITERS: tl.constexpr,
     MIN_BN: tl.constexpr,
     CH: tl.constexpr,
@@ -167,9 +207,11 @@ def newton_forward_kernel(
 ):
     """All states of the sequence by chunked Newton (ops/newton.py newton_forward).
 
-    In: ``u`` [B, T, 3, N] (fp32/bf16/fp16), ``A`` [3, N], ``C`` [2, N] or None, ``s0``
-    [B, K, N], ``mask`` [B, T] int8 or None, ``keep`` [B, T] fp32 or None, ``T``, ``N``, the
-    tolerance ``tol`` (relative to clamp(|s|, 1, bound)) and the iteration cap.
+    In: ``u`` [B, T, 3, H, NH] (fp32/bf16/fp16) with strides ``su_*`` (any layout in which a
+    head's channels are contiguous), the bias ``b`` [3, N] or None (added here), ``A`` [3, N],
+    ``C`` [2, N] or None, ``s0`` [B, K, N], ``mask`` [B, T] int8 or None, ``keep`` [B, T] fp32
+    or None, ``T``, ``N``, the tuning buckets, the tolerance ``tol`` (relative to
+    clamp(|s|, 1, bound)) and the iteration cap.
     Out: ``s`` [B, T, K, N] fp32; per program (slot ``b * cdiv(N, MIN_BN) + nb``) the worst
     final residual of its chunks in ``res`` and the most Newton updates any chunk needed in
     ``iters``. Grid: (B, cdiv(N, BN)).
@@ -200,7 +242,25 @@ def newton_forward_kernel(
         m2 = tmask[:, None] & nmask[None, :]
         last = (local == tl.minimum(CH, T - c0) - 1)[:, None]
         u0, u1, u2, real, keep = _chunk_inputs(
-            u_ptr, mask_ptr, keep_ptr, b, t, n, tmask, nmask, T, N, HAS_MASK, HAS_KEEP
+            u_ptr,
+            bias_ptr,
+            mask_ptr,
+            keep_ptr,
+            b,
+            t,
+            n,
+            tmask,
+            nmask,
+            T,
+            N,
+            su_b,
+            su_t,
+            su_g,
+            su_h,
+            NH,
+            HAS_MASK,
+            HAS_KEEP,
+            HAS_BIAS,
         )
         s_off = s_ptr + (b * T + t.to(tl.int64))[:, None] * (K * N) + n[None, :]
         prev_off = s_off - K * N
@@ -268,11 +328,14 @@ def newton_forward_kernel(
     tl.store(iters_ptr + pid, most_iters)
 
 
-@triton.autotune(configs=SEQUENCE_CONFIGS, key=["N", "CELL"], prune_configs_by=_per_cell(BACKWARD_SHAPES))
+@triton.autotune(
+    configs=SEQUENCE_CONFIGS, key=["N", "CELL", "PROGRAMS_KEY", "T_KEY"], prune_configs_by=_per_cell(BACKWARD_SHAPES)
+)
 @_OPTIONAL_FLAGS
 @triton.jit
 def adjoint_backward_kernel(
     u_ptr,
+    bias_ptr,
     A_ptr,
     C_ptr,
     s0_ptr,
@@ -284,12 +347,21 @@ def adjoint_backward_kernel(
     dA_ptr,
     dC_ptr,
     ds0_ptr,
+    db_ptr,
     T,
     N,
+    su_b,
+    su_t,
+    su_g,
+    su_h,
+    NH,
+    PROGRAMS_KEY,
+    T_KEY,
     CELL: tl.constexpr,
     K: tl.constexpr,
     HAS_MASK: tl.constexpr,
     HAS_KEEP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     CH: tl.constexpr,
     BN: tl.constexpr,
 ):
@@ -299,8 +371,9 @@ def adjoint_backward_kernel(
 
     In: ``u`` [B, T, 3, N], ``A`` [3, N], ``C`` [2, N] or None, ``s0`` [B, K, N], the solution
     ``s`` [B, T, K, N] fp32, ``mask``/``keep`` as in the forward, ``g = dL/ds`` [B, T, K, N].
-    Out: ``du`` [B, T, 3, N] fp32, ``dA`` [B, 3, N] and ``dC`` [B, 2, N] (or None; per batch
-    row, summed by the caller), ``ds0`` [B, K, N]. Grid: (B, cdiv(N, BN)).
+    Out: ``du`` in ``u``'s layout (fp32), ``dA`` [B, 3, N], ``dC`` [B, 2, N] (or None) and
+    ``db`` [B, 3, N] (or None: no bias) per batch row, summed by the caller; ``ds0`` [B, K, N].
+    Grid: (B, cdiv(N, BN)).
     """
     b = tl.program_id(0).to(tl.int64)
     nb = tl.program_id(1)
@@ -314,6 +387,9 @@ def adjoint_backward_kernel(
     dA2 = tl.zeros([BN], tl.float32)
     dC0 = tl.zeros([BN], tl.float32)
     dC1 = tl.zeros([BN], tl.float32)
+    db0 = tl.zeros([BN], tl.float32)
+    db1 = tl.zeros([BN], tl.float32)
+    db2 = tl.zeros([BN], tl.float32)
     local = tl.arange(0, CH)
     first = (local == 0)[:, None]
     n_chunks = tl.cdiv(T, CH)
@@ -330,7 +406,25 @@ def adjoint_backward_kernel(
         inner = (local < CH - 1) & (t1 < T)
         m1 = inner[:, None] & nmask[None, :]
         v0, v1, v2, real1, keep1 = _chunk_inputs(
-            u_ptr, mask_ptr, keep_ptr, b, t1, n, inner, nmask, T, N, HAS_MASK, HAS_KEEP
+            u_ptr,
+            bias_ptr,
+            mask_ptr,
+            keep_ptr,
+            b,
+            t1,
+            n,
+            inner,
+            nmask,
+            T,
+            N,
+            su_b,
+            su_t,
+            su_g,
+            su_h,
+            NH,
+            HAS_MASK,
+            HAS_KEEP,
+            HAS_BIAS,
         )
         sh = tl.load(s_off + (K - 1) * N, mask=m2, other=0.0)
         gh = tl.load(g_off + (K - 1) * N, mask=m2, other=0.0) + tl.where(last, mu_h[None, :], 0.0)
@@ -350,14 +444,32 @@ def adjoint_backward_kernel(
             _, _, _, _, lam_c, lam_h = tl.associative_scan((jcc, jhc, jch, jhh, gc, gh), 0, combine_2x2, reverse=True)
         # gradients of step t at prev = s_{t-1} (s0 for t = 0)
         u0, u1, u2, real, keep = _chunk_inputs(
-            u_ptr, mask_ptr, keep_ptr, b, t, n, tmask, nmask, T, N, HAS_MASK, HAS_KEEP
+            u_ptr,
+            bias_ptr,
+            mask_ptr,
+            keep_ptr,
+            b,
+            t,
+            n,
+            tmask,
+            nmask,
+            T,
+            N,
+            su_b,
+            su_t,
+            su_g,
+            su_h,
+            NH,
+            HAS_MASK,
+            HAS_KEEP,
+            HAS_BIAS,
         )
         at0 = (t == 0)[:, None]
         pmask = m2 & (t > 0)[:, None]
         ph = tl.load(s_off - K * N + (K - 1) * N, mask=pmask, other=0.0)
         ph = keep * tl.where(at0, tl.load(s0_ptr + b * K * N + (K - 1) * N + n, mask=nmask, other=0.0)[None, :], ph)
         lam_fh = tl.where(real & m2, lam_h, 0.0)
-        du_off = du_ptr + (b * T + t.to(tl.int64))[:, None] * (3 * N) + n[None, :]
+        du_off = du_ptr + _u_offsets(b, t, n, su_b, su_t, su_h, NH)
         if CELL == 0:
             d0, d1, d2, a0, a1, a2, dh = gru_vjp(ph, u0, u1, u2, A0, A1, A2, lam_fh)
             dh = keep * (dh + tl.where(real, 0.0, lam_h))
@@ -372,8 +484,12 @@ def adjoint_backward_kernel(
             dC1 += tl.sum(tl.where(m2, e1, 0.0), axis=0)
             mu_c = _row(dc, first)
         tl.store(du_off, d0, mask=m2)
-        tl.store(du_off + N, d1, mask=m2)
-        tl.store(du_off + 2 * N, d2, mask=m2)
+        tl.store(du_off + su_g, d1, mask=m2)
+        tl.store(du_off + 2 * su_g, d2, mask=m2)
+        if HAS_BIAS:
+            db0 += tl.sum(tl.where(m2, d0, 0.0), axis=0)
+            db1 += tl.sum(tl.where(m2, d1, 0.0), axis=0)
+            db2 += tl.sum(tl.where(m2, d2, 0.0), axis=0)
         dA0 += tl.sum(tl.where(m2, a0, 0.0), axis=0)
         dA1 += tl.sum(tl.where(m2, a1, 0.0), axis=0)
         dA2 += tl.sum(tl.where(m2, a2, 0.0), axis=0)
@@ -382,6 +498,10 @@ def adjoint_backward_kernel(
     tl.store(dA_ptr + b * 3 * N + n, dA0, mask=nmask)
     tl.store(dA_ptr + b * 3 * N + N + n, dA1, mask=nmask)
     tl.store(dA_ptr + b * 3 * N + 2 * N + n, dA2, mask=nmask)
+    if HAS_BIAS:
+        tl.store(db_ptr + b * 3 * N + n, db0, mask=nmask)
+        tl.store(db_ptr + b * 3 * N + N + n, db1, mask=nmask)
+        tl.store(db_ptr + b * 3 * N + 2 * N + n, db2, mask=nmask)
     if CELL == 1:
         tl.store(ds0_ptr + b * K * N + n, mu_c, mask=nmask)
         tl.store(dC_ptr + b * 2 * N + n, dC0, mask=nmask)
