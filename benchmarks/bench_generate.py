@@ -14,6 +14,18 @@ Usage:
 --compile adds, for the ParaRNN models, decoding through pararnn_hf.decoding (one CUDA graph
 replay per token on CUDA, one compiled step on CPU), timed beside generate() in the same
 process, with how many of its tokens equal generate()'s.
+
+--paths times the decoding paths side by side per (batch, context) row: for ParaRNN
+transformers' generate() loop over the old per-layer step and over the fused step (the fast
+path off: the baseline), the package's generate() with capture off and on, and
+pararnn_hf.decoding with the step captured; for Llama generate() with its dynamic cache and with
+its static cache compiled; and the floor: the step's GEMMs alone (the weights' matrix-vector
+products, which no decoder can skip). Seconds per step = (time of n new tokens - time of 1) / (n - 1), so
+the prefill cancels; greedy, every row decodes all n tokens.
+
+  python benchmarks/bench_generate.py --paths --new-tokens 256                 # CPU, b1 and b16
+  python benchmarks/bench_generate.py --paths --device cuda --size 400m --dtype bfloat16 \\
+      --rows 1:1024 1:4096 1:16384 16:4096 64:4096
 """
 
 from __future__ import annotations
@@ -95,20 +107,21 @@ class TimingStreamer:
 
 
 def fast_decode(model, prompt: torch.Tensor, new_tokens: int, sync) -> tuple[torch.Tensor, float, str]:
-    """Greedy decoding through ``pararnn_hf.decoding.GreedyDecoder`` (mode "auto": each token
-    one CUDA-graph replay on CUDA, one compiled step on CPU). Returns the new tokens (the
-    prefill's argmax first, as ``generate`` gives them), seconds per token of the steps alone
-    after the first few (which compile) and the mode."""
-    from pararnn_hf.decoding import GreedyDecoder
+    """Greedy decoding through ``pararnn_hf.decoding.Decoder`` (one CUDA-graph replay per token
+    on CUDA, one compiled step on CPU). Returns the new tokens (the prefill's argmax first, as
+    ``generate`` gives them), seconds per token of the steps alone after the first few (which
+    compile) and the mode."""
+    from pararnn_hf.decoding import Decoder
 
     warm = 3  # the first steps compile (CPU) or follow the capture (CUDA): not timed
-    decoder = GreedyDecoder(model, prompt, mode="auto")
-    ids, tokens = decoder.first, [decoder.first]
+    decoder = Decoder(model, prompt, mode="cuda-graph" if prompt.is_cuda else "compile")
+    ids = decoder.first_logits.argmax(-1, keepdim=True)
+    tokens = [ids]
     for i in range(max(new_tokens - 1, warm + 1)):
         if i == warm:
             sync()
             t0 = time.perf_counter()
-        ids = decoder.step(ids)
+        ids = decoder.step(ids).argmax(-1, keepdim=True)
         tokens.append(ids)
     sync()
     seconds = (time.perf_counter() - t0) / (len(tokens) - 1 - warm)
@@ -196,6 +209,245 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
+# --------------------------------------------------------------------------- --paths
+
+BASELINE = "stock generate()"
+
+
+def decode_paths(name: str, model, device: torch.device) -> dict:
+    """The ways to decode ``model``: label -> fn(prompt, mask, new_tokens) -> ids. ParaRNN:
+    transformers' loop over the old per-layer step and over the fused step, the package's
+    ``generate()`` with capture off and on, and ``pararnn_hf.decoding`` with the step captured.
+    Llama: transformers' dynamic cache, and its static cache compiled by generate()."""
+    from transformers import GenerationMixin
+
+    kw = dict(do_sample=False, pad_token_id=0)
+    capture = "cuda-graph" if device.type == "cuda" else "compile"
+    if name == "llama":
+        from transformers import CompileConfig
+
+        config = CompileConfig(fullgraph=True)
+        config._compile_all_devices = True  # transformers compiles on CUDA only unless asked
+
+        return {
+            "generate(), dynamic cache": lambda p, m, n: model.generate(p, attention_mask=m, max_new_tokens=n, **kw),
+            "generate(), static cache + compile": lambda p, m, n: model.generate(
+                p, attention_mask=m, max_new_tokens=n, cache_implementation="static", compile_config=config, **kw
+            ),
+        }
+    from pararnn_hf.decoding import generate_tokens
+
+    def stock(p, m, n):
+        return GenerationMixin.generate(model, p, attention_mask=m, max_new_tokens=n, **kw)
+
+    def unfused(p, m, n):
+        cls = type(model.model)
+        fuse = cls._can_fuse_decode
+        cls._can_fuse_decode = lambda self, hidden: False  # the per-layer step() of before
+        try:
+            return stock(p, m, n)
+        finally:
+            cls._can_fuse_decode = fuse
+
+    def package(mode):
+        def run(p, m, n):
+            model.config.decode_capture = mode
+            try:
+                return model.generate(p, attention_mask=m, max_new_tokens=n, **kw)
+            finally:
+                model.config.decode_capture = "auto"
+
+        return run
+
+    return {
+        "stock generate(), unfused step": unfused,
+        BASELINE: stock,
+        "generate(), capture off": package("off"),
+        f"generate(), capture {capture}": package(capture),
+        f"decoding, {capture}": lambda p, m, n: generate_tokens(model, p, m, n, pad_token_id=0, mode=capture),
+    }
+
+
+FLOOR = "floor: the step's GEMMs alone"
+
+
+def gemm_floor_seconds(model, batch: int, repeats: int = 200) -> float:
+    """Seconds for one decoding step's GEMMs alone (each block's in_proj, out_proj and MLP,
+    then the head) on random activations: what no decoder of these weights can beat."""
+    import torch.nn.functional as F
+
+    p = next(model.parameters())
+    d = model.config.hidden_size
+    x = torch.randn(batch, d, dtype=p.dtype, device=p.device)
+    layers = model.model.layers
+
+    def step():
+        for layer in layers:
+            mixer, mlp = layer.mixer, layer.mlp
+            v = F.linear(x, mixer.in_proj.weight)[:, : mixer.out_proj.weight.shape[1]]
+            F.linear(v, mixer.out_proj.weight)
+            a = F.linear(x, mlp.gate_proj.weight) * F.linear(x, mlp.up_proj.weight)
+            F.linear(a, mlp.down_proj.weight)
+        return F.linear(x, model.lm_head.weight)
+
+    for _ in range(5):
+        step()
+    sync = torch.cuda.synchronize if p.is_cuda else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    sync()
+    return (time.perf_counter() - t0) / repeats
+
+
+def kernels_per_token(model, prompt: torch.Tensor, mask: torch.Tensor) -> int:
+    """CUDA kernels one fused decoding step launches (the profiler's count)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    out = model(prompt, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    ids = out.logits[:, -1:].argmax(-1)
+    model.decode_step(ids, cache)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model.decode_step(ids, cache)
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+
+
+def paths_worker(args: argparse.Namespace) -> None:
+    """One model, every (batch, context) row and every path: one JSON line per measurement."""
+    from pararnn_hf.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    rows = [tuple(int(v) for v in r.split(":")) for r in args.rows]
+    with device:
+        model = build(args.model, args.size, max(c for _, c in rows) + args.new_tokens + 8)
+    model = model.to(dtype=dtype).eval()
+    model.generation_config.eos_token_id = None  # random weights: every run decodes all its tokens
+    paths = decode_paths(args.model, model, device)
+    if args.only:  # the baseline always runs: the ratios need it
+        paths = {k: v for k, v in paths.items() if k == BASELINE or any(o in k for o in args.only)}
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn, prompt, mask, n):
+        sync()
+        t0 = time.perf_counter()
+        out = fn(prompt, mask, n)
+        sync()
+        return time.perf_counter() - t0, out
+
+    for batch, context in rows:
+        g = torch.Generator().manual_seed(batch * 7919 + context)
+        prompt = torch.randint(3, model.config.vocab_size, (batch, context), generator=g).to(device)
+        mask = torch.ones_like(prompt)
+        for r in range(batch):  # left padding, as a batch of prompts of different lengths has
+            mask[r, : min(r % 8, context - 1)] = 0
+        extra = {}
+        if device.type == "cuda" and args.model.startswith("pararnn"):
+            with torch.inference_mode():
+                extra["kernels_per_token"] = kernels_per_token(model, prompt, mask)
+        reference = None
+        for label, fn in paths.items():
+            try:
+                with torch.inference_mode():
+                    fn(prompt, mask, args.new_tokens)  # compile, capture, autotune: not timed
+                    fn(prompt, mask, 1)
+                    long = [timed(fn, prompt, mask, args.new_tokens) for _ in range(args.repeats)]
+                    short = [timed(fn, prompt, mask, 1)[0] for _ in range(args.repeats)]
+                # the prefill and the call's fixed costs cancel: per token is the difference
+                seconds = (statistics.median(t for t, _ in long) - statistics.median(short)) / (args.new_tokens - 1)
+                tokens = long[-1][1][:, context:].cpu()
+                if reference is None:
+                    reference = tokens
+                row = {"tok_s": batch / seconds, "ms_per_step": seconds * 1e3}
+                if args.model.startswith("pararnn"):
+                    n = min(tokens.shape[1], reference.shape[1])
+                    row["equal_tokens"] = f"{int((tokens[:, :n] == reference[:, :n]).sum())}/{reference[:, :n].numel()}"
+            except Exception as err:  # the other paths still count
+                row = {"error": f"{type(err).__name__}: {err}"[:160]}
+            print(json.dumps({"model": args.model, "batch": batch, "context": context, "path": label, **row, **extra}))
+            extra = {}
+        if args.model.startswith("pararnn"):
+            with torch.inference_mode():
+                floor = gemm_floor_seconds(model, batch)
+            print(json.dumps({"model": args.model, "batch": batch, "context": context, "path": FLOOR,
+                              "tok_s": batch / floor, "ms_per_step": floor * 1e3}))  # fmt: skip
+
+
+def paths_main(args: argparse.Namespace) -> None:
+    print(
+        f"device={args.device} size={args.size} dtype={args.dtype} new_tokens={args.new_tokens} "
+        f"repeats={args.repeats} rows(batch:context)={' '.join(args.rows)}"
+    )
+    print("tok/s = batch / seconds per decoding step; x stock: against transformers' generate() loop over the")
+    print("same model (fast path off); x llama: against Llama's best path at the same batch and context\n")
+    print(
+        f"{'model':<13} {'batch':>5} {'ctx':>6} {'path':<36} {'tok/s':>10} {'x stock':>8} {'x llama':>8} {'= stock':>9}"
+    )
+    results = []
+    for name in args.models:
+        cmd = [sys.executable, __file__, "--paths-worker", name, "--device", args.device, "--size", args.size,
+               "--dtype", args.dtype, "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+               "--rows", *(args.llama_rows if name == "llama" and args.llama_rows else args.rows)]  # fmt: skip
+        if args.only:
+            cmd += ["--only", *args.only]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            lines = proc.stdout.splitlines()
+            if proc.returncode != 0:
+                err = (proc.stderr.strip().splitlines() or ["?"])[-1][:100]
+                results.append({"model": name, "error": err})
+                print(f"{name:<13} failed: {err}")
+        except subprocess.TimeoutExpired as err:
+            lines = (err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout or "").splitlines()
+            print(f"{name:<13} timed out after {args.timeout:.0f}s (rows so far below)")
+        results += [json.loads(line) for line in lines if line.startswith("{")]
+    best_llama = {}
+    for r in results:
+        if r.get("model") == "llama" and "tok_s" in r:
+            key = (r["batch"], r["context"])
+            best_llama[key] = max(best_llama.get(key, 0.0), r["tok_s"])
+    stock = {
+        (r["model"], r["batch"], r["context"]): r["tok_s"]
+        for r in results
+        if r.get("path") == BASELINE and "tok_s" in r
+    }
+    for r in results:
+        if "path" not in r:
+            continue
+        key = (r["batch"], r["context"])
+        if "error" in r:
+            print(f"{r['model']:<13} {key[0]:>5} {key[1]:>6} {r['path']:<36} failed: {r['error']}")
+            continue
+        base = stock.get((r["model"], *key))
+        x_stock = f"{r['tok_s'] / base:.2f}" if base else ""
+        x_llama = f"{r['tok_s'] / best_llama[key]:.2f}" if key in best_llama and r["model"] != "llama" else ""
+        print(
+            f"{r['model']:<13} {key[0]:>5} {key[1]:>6} {r['path']:<36} {r['tok_s']:>10,.1f} {x_stock:>8} "
+            f"{x_llama:>8} {r.get('equal_tokens', ''):>9}"
+            + (f"  ({r['kernels_per_token']} CUDA kernels per step)" if "kernels_per_token" in r else "")
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.machine(),
+        "torch": torch.__version__,
+        "size": args.size,
+        "dtype": args.dtype,
+        "new_tokens": args.new_tokens,
+    }
+    out.write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -214,8 +466,28 @@ def main() -> None:
     parser.add_argument("--prefill-chunk-size", type=int, default=None, help="ParaRNN recurrent_prefill_chunk_size")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per (model, context)")
     parser.add_argument("--out", default="benchmarks/results/bench_generate.json")
+    parser.add_argument(
+        "--paths",
+        action="store_true",
+        help="decoding paths side by side (stock and fast generate(), pararnn_hf.decoding, Llama) per --rows",
+    )
+    parser.add_argument("--rows", nargs="+", default=["1:128", "16:128"], help="with --paths: BATCH:CONTEXT pairs")
+    parser.add_argument("--llama-rows", nargs="+", help="with --paths: Llama's rows (default: --rows)")
+    parser.add_argument("--only", nargs="+", help="with --paths: only the paths whose label contains one of these")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "CONTEXT"), help=argparse.SUPPRESS)
+    parser.add_argument("--paths-worker", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.paths_worker:
+        args.model = args.paths_worker
+        paths_worker(args)
+        return
+    if args.paths:
+        if args.models == list(MODELS):
+            args.models = ["pararnn-gru", "pararnn-lstm", "llama"]
+        if args.out == parser.get_default("out"):
+            args.out = "benchmarks/results/bench_decode_paths.json"
+        paths_main(args)
+        return
     if args.worker:
         args.model, args.context = args.worker[0], int(args.worker[1])
         worker(args)

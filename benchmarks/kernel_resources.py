@@ -59,12 +59,26 @@ KERNEL_MODULES = {
     "tp_adjoint_local": "time_parallel_kernels",
     "tp_adjoint_carry": "time_parallel_kernels",
     "tp_adjoint_grad": "time_parallel_kernels",
+    "mixer_step": "fused_decode_kernels",
+    "residual_norm": "fused_decode_kernels",
+    "silu_mul": "fused_decode_kernels",
 }
+# the decoding step's kernels take activations in the model's dtype (the case's u dtype), the
+# cell states and the gate norm's statistics in fp32
+FUSED_DECODE = {"mixer_step", "residual_norm", "silu_mul"}
+FP32_POINTERS = {"c_ptr", "h_ptr", "meansq_ptr"}
+# per kernel: optional inputs that are required elsewhere (mixer_step writes meansq)
+OPTIONAL_BY_KERNEL = {
+    "mixer_step": {"conv_bias_ptr": "HAS_CONV_BIAS"},
+    "residual_norm": {"residual_ptr": "HAS_RESIDUAL", "meansq_ptr": "HAS_MEANSQ", "residual_scale_ptr": "HAS_SCALE"},
+}
+CONV_KERNEL = 4  # the config default
 KERNELS = tuple(KERNEL_MODULES)
 U_DTYPES = {"float32": "*fp32", "bfloat16": "*bf16"}
 # pointer arguments whose element type is not fp32
 POINTER_TYPES = {"mask_ptr": "*i8", "iters_ptr": "*i32", "ctrl_ptr": "*i32", "first_reset_ptr": "*i32"}
 SCALAR_TYPES = {"T": "i32", "N": "i32", "tol": "fp32", "NC": "i32", "it": "i32", "MAX_ITERS": "i32"}
+SCALAR_TYPES.update({"D": "i32", "H": "i32", "DH": "i32", "d": "i32", "I": "i32", "gate_eps": "fp32", "eps": "fp32"})
 SCALAR_TYPES.update(
     {"PROGRAMS_KEY": "i32", "T_KEY": "i32", "su_b": "i32", "su_t": "i32", "su_g": "i32", "su_h": "i32", "NH": "i32"}
 )
@@ -133,7 +147,34 @@ def configs_of(name: str, cell_id: int) -> list:
         ch, bn, warps = TILES[cell_id]
         constexprs = {"BN": bn} if name in ("tp_carry", "tp_adjoint_carry") else {"CH": ch, "BN": bn}
         return [triton.Config(constexprs, num_warps=warps)]
+    if name in FUSED_DECODE:
+        return decode_configs(name)
     return kernels.STEP_CONFIGS
+
+
+def decode_configs(name: str) -> list:
+    """The decoding kernels' launches at the presets' shapes (400m, 1b, 7b), as the host code
+    picks them (``ops/triton/fused_decode.py``)."""
+    import triton
+
+    from pararnn_hf.ops.triton.fused_decode import mixer_tile, norm_tile, silu_tile
+    from pararnn_hf.presets import PRESETS
+
+    out = {}
+    for preset in ("400m", "1b", "7b"):
+        p = PRESETS[preset]
+        d, H, inner = p["hidden_size"], p["num_heads"], p.get("expand", 1) * p["hidden_size"]
+        if name == "mixer_step":
+            BDH, BJ, warps = mixer_tile(inner // H, inner // H, interpreted=False)
+            cfg = ({"KC": CONV_KERNEL, "BDH": BDH, "BJ": BJ}, warps)
+        elif name == "residual_norm":
+            BD, BH, warps = norm_tile(d, H, interpreted=False)
+            cfg = ({"BD": BD, "BH": BH}, warps)
+        else:
+            BI, warps = silu_tile(p["intermediate_size"], interpreted=False)
+            cfg = ({"BI": BI}, warps)
+        out[tuple(sorted(cfg[0].items())) + (cfg[1],)] = triton.Config(cfg[0], num_warps=cfg[1])
+    return list(out.values())
 
 
 def cases(archs=(80, 90), kernels=KERNELS) -> list[Case]:
@@ -141,9 +182,11 @@ def cases(archs=(80, 90), kernels=KERNELS) -> list[Case]:
     out = []
     for name in kernels:
         params = {p.name for p in _jit_function(objs[name]).params}
-        has_optional = bool(params & set(OPTIONAL))
-        u_dtypes = list(U_DTYPES) if "u_ptr" in params else ["float32"]
-        for cell, (cell_id, _) in _cells().items():
+        has_optional = bool(params & (set(OPTIONAL) | set(OPTIONAL_BY_KERNEL.get(name, {}))))
+        u_dtypes = list(U_DTYPES) if "u_ptr" in params or name in FUSED_DECODE else ["float32"]
+        # the decoding step's norm and SwiGLU kernels do not depend on the cell
+        cells = [("any", (0, 1))] if name in FUSED_DECODE and "CELL" not in params else _cells().items()
+        for cell, (cell_id, _) in cells:
             for cfg in configs_of(name, cell_id):
                 for u_dtype in u_dtypes:
                     for optional in (False, True) if has_optional else (False,):
@@ -157,21 +200,27 @@ def _signature(case: Case):
     """Triton's (signature, constexprs) for one case: pointers typed, absent optional inputs
     and the GRU's C / dC passed as None constexprs, the way the host code launches them."""
     fn = _jit_function(_kernel_objects()[case.kernel])
-    cell_id, rows = _cells()[case.cell]
+    cell_id, rows = _cells()[case.cell] if case.cell != "any" else (0, 1)
     fixed = {"CELL": cell_id, "K": rows, "MAX_ITERS": 8, "MIN_BN": 16, **dict(case.config)}
-    for flag in OPTIONAL.values():
+    optional_inputs = {**OPTIONAL, **OPTIONAL_BY_KERNEL.get(case.kernel, {})}
+    for flag in optional_inputs.values():
         fixed[flag] = case.optional
     signature, constexprs = {}, {}
     for p in fn.params:
         name = p.name
-        optional = name in OPTIONAL or name in OPTIONAL_OUTPUTS
-        absent = (optional and not case.optional) or (name in ("C_ptr", "dC_ptr") and case.cell == "gru")
+        optional = name in optional_inputs or name in OPTIONAL_OUTPUTS
+        absent = (optional and not case.optional) or (name in ("C_ptr", "dC_ptr", "c_ptr") and case.cell == "gru")
         if p.is_constexpr:
             signature[name], constexprs[name] = "constexpr", fixed[name]
         elif absent:
             signature[name], constexprs[name] = "constexpr", None
         elif name == "u_ptr":
             signature[name] = U_DTYPES[case.u_dtype]
+        elif case.kernel in FUSED_DECODE and name.endswith("_ptr"):
+            if name in POINTER_TYPES:
+                signature[name] = POINTER_TYPES[name]
+            else:
+                signature[name] = "*fp32" if name in FP32_POINTERS else U_DTYPES[case.u_dtype]
         elif name.endswith("_ptr"):
             signature[name] = POINTER_TYPES.get(name, "*fp32")
         else:
@@ -267,7 +316,8 @@ def table(rows: list[dict]) -> str:
             lines.append(f"{r['kernel']:<17} {r['cell']:<4} {r['u_dtype']:<8} {flags:<9} ERROR {r['error'][:80]}")
             continue
         lines.append(
-            f"{r['kernel']:<17} {r['cell']:<4} {r['u_dtype']:<8} {flags:<9} {cfg.get('CH', '-'):>3} {cfg['BN']:>4} "
+            f"{r['kernel']:<17} {r['cell']:<4} {r['u_dtype']:<8} {flags:<9} {cfg.get('CH', '-'):>3} "
+            f"{cfg.get('BN', cfg.get('BJ', cfg.get('BD', cfg.get('BI', '-')))):>4} "
             f"{r['num_warps']:>2} sm_{r['arch']:<3} {r['regs']:>4} {r['shared']:>6} {r['stack'] + r['local']:>5} "
             f"{r['ctas_per_sm']:>6} {r['occupancy']:>5.2f}"
         )

@@ -122,27 +122,30 @@ def test_chunked_prefill_equals_one_shot(cell, dtype, tol):
 
 
 def test_decoding_uses_one_step_per_token(monkeypatch):
-    """After the prefill each token is one O(1) step() per layer, and the cache size is fixed."""
+    """After the prefill (one parallel solve per layer) each token is one fused O(1) mixer step
+    per layer, and the cache size is fixed."""
+    from pararnn_hf.ops import fused_decode
+
     model = tiny_model("gru")
-    calls = {"forward": 0, "step": 0}
+    calls = {"forward": 0, "mixer_step": 0}
     cell_cls = type(model.model.layers[0].mixer.cell)
-    forward, step = cell_cls.forward, cell_cls.step
+    forward, mixer_step = cell_cls.forward, fused_decode.TORCH_OPS.mixer_step
 
     def counting_forward(self, *a, **k):
         calls["forward"] += 1
         return forward(self, *a, **k)
 
-    def counting_step(self, *a, **k):
-        calls["step"] += 1
-        return step(self, *a, **k)
+    def counting_step(*a, **k):
+        calls["mixer_step"] += 1
+        return mixer_step(*a, **k)
 
     monkeypatch.setattr(cell_cls, "forward", counting_forward)
-    monkeypatch.setattr(cell_cls, "step", counting_step)
+    monkeypatch.setattr(fused_decode.TORCH_OPS, "mixer_step", counting_step)
     out = model.generate(
         torch.randint(3, 300, (1, 30)), max_new_tokens=10, do_sample=False, return_dict_in_generate=True
     )
     layers = model.config.num_hidden_layers
-    assert calls == {"forward": layers, "step": 9 * layers}
+    assert calls == {"forward": layers, "mixer_step": 9 * layers}
     cache = cache_of(out)
     sizes = [t.numel() for t in cache.conv_states] + [s.numel() for s in cache.rnn_states]
     assert sum(sizes) == layers * (3 * 32 + 32)

@@ -72,6 +72,16 @@ def test_every_kernel_config_compiles_for_sm80_and_sm90_without_spills(tmp_path)
             got = {(r["config"].get("CH", TILES[cell_id][0]), r["config"]["BN"], r["num_warps"])
                    for r in rows if (r["kernel"], r["cell"]) == (kernel, cell)}  # fmt: skip
             assert got == {TILES[cell_id]}, (kernel, cell, got)
+    # the fused decoding step's kernels at the presets' launch shapes, both activation dtypes
+    script = _load_script()
+    for kernel in ("mixer_step", "residual_norm", "silu_mul"):
+        cells = {"gru", "lstm"} if kernel == "mixer_step" else {"any"}
+        got = {(r["cell"], r["u_dtype"], tuple(sorted(r["config"].items())), r["num_warps"])
+               for r in rows if r["kernel"] == kernel}  # fmt: skip
+        dtypes, configs = ("float32", "bfloat16"), script.decode_configs(kernel)
+        want = {(cell, dtype, tuple(sorted(c.kwargs.items())), c.num_warps)
+                for cell in cells for dtype in dtypes for c in configs}  # fmt: skip
+        assert got == want, (kernel, got ^ want)
     steps = [(r["config"]["BN"], r["num_warps"]) for r in rows if r["kernel"] == "decode_step"]
     assert sorted(set(steps)) == sorted(kernels.STEP_SHAPES) and len(steps) == 8 * len(kernels.STEP_SHAPES)
     assert all(r["error"] is None and r["local"] == 0 and r["regs"] <= 255 and r["ctas_per_sm"] >= 1 for r in rows)

@@ -109,26 +109,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import TextStreamer
 
-    if args.compile and (args.do_sample or args.num_beams != 1 or args.repetition_penalty != 1.0):
+    if args.compile and (args.num_beams != 1 or args.repetition_penalty != 1.0):
         raise SystemExit(
-            "pararnn-hf generate: --compile decodes greedily; drop --do-sample, --num-beams and --repetition-penalty"
+            "pararnn-hf generate: --compile captures the fast path's step, which beam search and repetition "
+            "penalties do not take; drop --num-beams and --repetition-penalty, or --compile"
         )
     check_generation_config(args.model)
     model, tokenizer = _load_model_and_tokenizer("generate", args.model, args.dtype, args.device)
+    if args.compile:  # every token's step compiled (CPU) or replayed from one CUDA graph
+        model.config.decode_capture = "cuda-graph" if model.device.type == "cuda" else "compile"
     if args.seed is not None:
         torch.manual_seed(args.seed)
     inputs = tokenizer([args.prompt], return_tensors="pt").to(args.device)
     if inputs["input_ids"].shape[1] == 0:
         raise SystemExit("pararnn-hf generate: the prompt is empty (no tokens); give --prompt some text")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if args.compile:  # one compiled (CPU) or CUDA-graph step per token; printed at the end
-        from .decoding import greedy_generate
-
-        output = greedy_generate(
-            model, inputs["input_ids"], inputs.get("attention_mask"), args.max_new_tokens, pad_token_id=pad_id
-        )
-        print(tokenizer.decode(output[0], skip_special_tokens=True))
-        return 0
     streamer = TextStreamer(tokenizer, skip_special_tokens=True) if args.num_beams == 1 else None
     output = model.generate(
         **inputs,
@@ -577,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--compile",
         action="store_true",
-        help="greedy decoding with one compiled step per token (a CUDA graph on CUDA); same tokens, faster",
+        help="capture every token's step (torch.compile; a CUDA graph on CUDA): same tokens, faster for long runs",
     )
     gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="float32")
     gen.add_argument("--device", default="cpu")

@@ -27,6 +27,7 @@ from .ops.dispatch import (
     select_step_method,
     solver_input,
 )
+from .ops.fused_decode import decode_ops
 from .ops.newton import MAX_TOLERANCE, SolveInfo
 from .ops.recurrence import NonFiniteSolve, decode_step, solve_op
 
@@ -462,4 +463,5 @@ __all__ = [
     "ParaRNNConvergenceWarning",
     "ParaRNNLayer",
     "check_resets",
+    "decode_ops",
 ]

@@ -22,6 +22,7 @@ BUNDLED_MODULES = {
     "cells.lstm": "cells/lstm.py",
     "ops": "ops/__init__.py",
     "ops.dispatch": "ops/dispatch.py",
+    "ops.fused_decode": "ops/fused_decode.py",
     "ops.newton": "ops/newton.py",
     "ops.recurrence": "ops/recurrence.py",
     "ops.scan": "ops/scan.py",
@@ -70,7 +71,7 @@ class _BundleImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(code, module.__dict__)
 
 
-_NAMES = ("BACKENDS", "CELL_CLASSES", "CELL_NAMES", "SCHEDULES", "ParaGRU", "ParaLSTM", "check_resets")
+_NAMES = ("BACKENDS", "CELL_CLASSES", "CELL_NAMES", "SCHEDULES", "ParaGRU", "ParaLSTM", "check_resets", "decode_ops")
 
 
 def _load_layers():
@@ -87,7 +88,9 @@ def _load_layers():
 
 
 _layers = _load_layers()
-BACKENDS, CELL_CLASSES, CELL_NAMES, SCHEDULES, ParaGRU, ParaLSTM, check_resets = (getattr(_layers, n) for n in _NAMES)
+BACKENDS, CELL_CLASSES, CELL_NAMES, SCHEDULES, ParaGRU, ParaLSTM, check_resets, decode_ops = (
+    getattr(_layers, n) for n in _NAMES
+)
 
 
 def core_source():

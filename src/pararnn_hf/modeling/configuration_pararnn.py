@@ -44,6 +44,9 @@ class ParaRNNConfig(PretrainedConfig):
         backend: ``"auto"``, ``"torch"``, ``"sequential"`` or ``"triton"``.
         triton_schedule: how the Triton kernels spread a sequence over the GPU: ``"auto"``,
             ``"chunked"`` or ``"time_parallel"`` (ignored by the other backends).
+        decode_capture: how ``generate()``'s fast path replays the per-token step: ``"auto"``
+            (a CUDA graph on CUDA; ``torch.compile`` on the CPU for runs of 256 tokens or more),
+            ``"compile"``, ``"cuda-graph"`` or ``"off"`` (the fused step as it is).
         recurrent_prefill_chunk_size: when set, prompts longer than this are prefilled in
             chunks of this many tokens, carrying the recurrent state (bounded memory, same
             result). Not named ``prefill_chunk_size``: transformers copies that key into the
@@ -79,6 +82,7 @@ class ParaRNNConfig(PretrainedConfig):
         newton_tolerance: float | None = None,
         backend: str = "auto",
         triton_schedule: str = "auto",
+        decode_capture: str = "auto",
         recurrent_prefill_chunk_size: int | None = None,
         mixer_residual_scale: bool = False,
         mlp_residual: bool = True,
@@ -108,6 +112,7 @@ class ParaRNNConfig(PretrainedConfig):
         self.newton_tolerance = newton_tolerance
         self.backend = backend
         self.triton_schedule = triton_schedule
+        self.decode_capture = decode_capture
         legacy_chunk = kwargs.pop("prefill_chunk_size", None)
         if recurrent_prefill_chunk_size is None:
             recurrent_prefill_chunk_size = legacy_chunk
@@ -150,6 +155,9 @@ class ParaRNNConfig(PretrainedConfig):
             raise ValueError(f"ParaRNNConfig: cell must be one of {CELL_NAMES}, got {self.cell!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"ParaRNNConfig: backend must be one of {BACKENDS}, got {self.backend!r}")
+        captures = ("auto", "off", "compile", "cuda-graph")
+        if self.decode_capture not in captures:
+            raise ValueError(f"ParaRNNConfig: decode_capture must be one of {captures}, got {self.decode_capture!r}")
         if self.triton_schedule not in SCHEDULES:
             raise ValueError(f"ParaRNNConfig: triton_schedule must be one of {SCHEDULES}, got {self.triton_schedule!r}")
         if self.d_inner % self.num_heads:

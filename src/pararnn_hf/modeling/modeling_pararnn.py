@@ -25,7 +25,7 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_pararnn import ParaRNNConfig
-from .pararnn_core import CELL_CLASSES, check_resets, core_source
+from .pararnn_core import CELL_CLASSES, check_resets, core_source, decode_ops
 
 AUTO_MAP = {
     "AutoConfig": "configuration_pararnn.ParaRNNConfig",
@@ -391,6 +391,21 @@ class ParaRNNModel(ParaRNNPreTrainedModel):
         if cache is not None and cache.conv_states[0].shape[0] != B:
             raise ValueError(f"ParaRNNModel: the cache holds {cache.conv_states[0].shape[0]} rows, the input {B}")
 
+        if (
+            cache is not None
+            and T == 1
+            and resets is None
+            and not output_hidden_states
+            and self._can_fuse_decode(hidden)
+        ):
+            # one token with a cache: the fused step (docs/design.md#cache), updating the cache in place
+            last = self.decode_hidden(hidden[:, 0], None if mask is None else mask[:, 0], cache).unsqueeze(1)
+            cache.seen_tokens += 1
+            self.note_decode_states(cache)
+            if not return_dict:
+                return tuple(v for v in (last, cache) if v is not None)
+            return _output_with_cache(BaseModelOutputWithPast, cache if use_cache else None, last_hidden_state=last)
+
         chunk = self.config.recurrent_prefill_chunk_size if cache is not None else None
         bounds = [(s, min(s + chunk, T)) for s in range(0, T, chunk)] if chunk and T > chunk else [(0, T)]
         all_hidden: list[list[torch.Tensor]] = [[] for _ in range(len(self.layers) + 1)]
@@ -418,6 +433,55 @@ class ParaRNNModel(ParaRNNPreTrainedModel):
         return _output_with_cache(
             BaseModelOutputWithPast, cache if use_cache else None, last_hidden_state=last, hidden_states=hidden_states
         )
+
+    def _can_fuse_decode(self, hidden: torch.Tensor) -> bool:
+        """Inference (no gradient), fp32/bf16/fp16 weights (fp32 states), no cell asking for a
+        check at every step: the fused decode step."""
+        if hidden.dtype == torch.float64 or (torch.is_grad_enabled() and hidden.requires_grad):
+            return False
+        if any(getattr(layer.mixer.cell, "check_every_step", False) for layer in self.layers):
+            return False
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.layers[0].parameters()))
+
+    def note_decode_states(self, cache: ParaRNNCache) -> None:
+        """Point each cell's ``check_steps()`` at its state in ``cache`` after fused steps: a
+        NaN/Inf that enters a recurrent state stays in it, and the buffers are updated in place,
+        so one check at the end of generate() covers every step (as for ``step()``)."""
+        for layer, state in zip(self.layers, cache.rnn_states):
+            layer.mixer.cell._last_step_state = state if isinstance(state, torch.Tensor) else state[-1]
+
+    def decode_hidden(self, x: torch.Tensor, mask: torch.Tensor | None, cache: ParaRNNCache) -> torch.Tensor:
+        """One token per row through every block by the fused decode ops (``decode_ops``: the
+        Triton kernels on CUDA, their torch reference elsewhere), updating ``cache`` in place:
+        ``x`` [B, d] embeddings -> the final norm's output [B, d]. Per block: in_proj, the
+        mixer step, out_proj, the residual with the next norm, the MLP's GEMMs around SiLU·mul,
+        the residual with the next norm (docs/design.md#cache)."""
+        layers = self.layers
+        ops = decode_ops(x.device, self.config.backend, False)
+        first = layers[0].mixer.norm
+        hidden, normed = ops.residual_norm(None, x, None, 0.0, None, first.weight, first.eps)
+        for i, layer in enumerate(layers):
+            mixer, cell = layer.mixer, layer.mixer.cell
+            state = cache.rnn_states[i]
+            c_state, h_state = (None, state) if isinstance(state, torch.Tensor) else state
+            xz = F.linear(normed, mixer.in_proj.weight)
+            v, meansq = ops.mixer_step(
+                cell.cell, xz, cache.conv_states[i], mixer.conv.weight, mixer.conv.bias,
+                cell.A, cell.B, cell.b, cell.C, c_state, h_state, mixer.gate_norm.weight, mask,
+            )  # fmt: skip
+            out = F.linear(v, mixer.out_proj.weight)
+            mlp_norm = layer.mlp_norm
+            hidden, normed = ops.residual_norm(
+                hidden, out, meansq, mixer.gate_norm.eps, mixer.residual_scale, mlp_norm.weight, mlp_norm.eps
+            )
+            mlp = layer.mlp
+            act = ops.silu_mul(F.linear(normed, mlp.gate_proj.weight), F.linear(normed, mlp.up_proj.weight))
+            nxt = layers[i + 1].mixer.norm if i + 1 < len(layers) else self.norm
+            residual = hidden if layer.mlp_residual else None
+            hidden, normed = ops.residual_norm(
+                residual, F.linear(act, mlp.down_proj.weight), None, 0.0, None, nxt.weight, nxt.eps
+            )
+        return normed
 
     @staticmethod
     def _step_mask(attention_mask: torch.Tensor | None, B: int, T: int) -> torch.Tensor | None:
@@ -451,9 +515,13 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
         self.model.embed_tokens = value
 
     def generate(self, *args: Any, **kwargs: Any):
-        """``GenerationMixin.generate``, then one check that no decoding step produced a
-        NaN/Inf state (``FloatingPointError`` naming the layer) instead of a host sync at every
-        token (see ``check_steps``). The prompt's forward is checked as it runs."""
+        """``GenerationMixin.generate``, or, when the generation config asks for nothing beyond
+        greedy or temperature/top-k/top-p sampling with EOS and stopping criteria, the package's
+        fast path (``pararnn_hf.decoding``: a lean loop over the fused decode step, captured as
+        ``config.decode_capture`` says), which gives the same tokens. Then one check that no
+        decoding step produced a NaN/Inf state (``FloatingPointError`` naming the layer) instead
+        of a host sync at every token (see ``check_steps``). The prompt's forward is checked as
+        it runs."""
         for key in ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit"):
             config = kwargs.get("generation_config") or self.generation_config
             if kwargs.get(key) is not None or getattr(config, key, None) is not None:
@@ -470,7 +538,13 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
         cells = [layer.mixer.cell for layer in self.model.layers]
         for cell in cells:
             cell._last_step_state = None
-        out = super().generate(*args, **kwargs)
+        try:  # the package's fast path (a saved folder without the package uses transformers')
+            from pararnn_hf.decoding import fast_generate, fast_generation_plan
+        except ImportError:
+            plan = None
+        else:
+            plan = fast_generation_plan(self, args, kwargs)
+        out = fast_generate(self, plan) if plan is not None else super().generate(*args, **kwargs)
         for cell in cells:
             if hasattr(cell, "check_steps"):
                 cell.check_steps()
@@ -500,11 +574,8 @@ class ParaRNNForCausalLM(ParaRNNPreTrainedModel, GenerationMixin):
         branch on tensor values and fixed shapes, so a compiler or a CUDA graph can capture it
         (``pararnn_hf.decoding``). ``cache.seen_tokens`` is left to the caller: a captured step
         cannot count. Every row is a real token (padding only ever sits in the prompt)."""
-        hidden = self.model.embed_tokens(input_ids)
-        for i, layer in enumerate(self.model.layers):
-            hidden, conv_state, rnn_state = layer(hidden, None, None, cache.conv_states[i], cache.rnn_states[i])
-            cache.update(i, conv_state, rnn_state)
-        return self.lm_head(self.model.norm(hidden))[:, -1]
+        hidden = self.model.embed_tokens(input_ids)[:, -1]
+        return self.lm_head(self.model.decode_hidden(hidden, None, cache))
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings

@@ -5,7 +5,7 @@ that uses the installed package when it can and embedded pure-PyTorch sources ot
 both export the same names.
 """
 
-from ..layers import BACKENDS, CELL_CLASSES, CELL_NAMES, SCHEDULES, ParaGRU, ParaLSTM, check_resets
+from ..layers import BACKENDS, CELL_CLASSES, CELL_NAMES, SCHEDULES, ParaGRU, ParaLSTM, check_resets, decode_ops
 from .bundle import bundle_source as core_source
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "ParaLSTM",
     "check_resets",
     "core_source",
+    "decode_ops",
 ]
