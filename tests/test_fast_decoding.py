@@ -79,6 +79,7 @@ def test_fused_residual_norm_and_silu_mul_equal_their_references(dtype, tol):
     r, d = (torch.randn(3, 40, generator=g).to(dtype) for _ in range(2))
     w = torch.randn(40, generator=g).to(dtype)
     meansq, scale = torch.rand(3, 2, generator=g), torch.tensor(0.7).to(dtype)
+
     def on(device, args):
         return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
 

@@ -200,13 +200,12 @@ def check_fsdp(training_args) -> None:
         )
 
 
-def cmd_train(argv: list[str]) -> int:
-    """Parsed by ``HfArgumentParser`` so every ``TrainingArguments`` field is a flag."""
-    require_extras("this command", "train")  # TrainingArguments itself needs accelerate
-    check_launch()
+def _parse_trainer_command(command: str, first, argv: list[str]):
+    """``first`` (the command's own dataclass), ``DataArguments`` and ``TrainingArguments``
+    parsed by ``HfArgumentParser``, so every ``TrainingArguments`` field is a flag."""
     from transformers import HfArgumentParser, TrainingArguments
 
-    from .training import DataArguments, ModelArguments, run_training
+    from .training import DataArguments
 
     class Parser(HfArgumentParser):
         def error(self, message: str) -> NoReturn:
@@ -218,7 +217,7 @@ def cmd_train(argv: list[str]) -> int:
         # transformers' scripts require it too: a run with no arguments would start thousands
         # of steps into ./trainer_output
         raise ValueError("which folder? give --output_dir DIR (checkpoints and the final model go there)")
-    parser = Parser((ModelArguments, DataArguments, TrainingArguments), prog="pararnn-hf train")
+    parser = Parser((first, DataArguments, TrainingArguments), prog=f"pararnn-hf {command}")
     raw = parser.parse_args(argv)
     if raw.eval_steps is not None and raw.eval_steps <= 0:
         # TrainingArguments would quietly turn 0 into --logging_steps
@@ -226,8 +225,34 @@ def cmd_train(argv: list[str]) -> int:
             f"--eval_steps must be a finite number > 0, got {raw.eval_steps} (leave it out to evaluate every "
             "--logging_steps)"
         )
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    check_fsdp(training_args)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    check_fsdp(parsed[2])
+    return parsed
+
+
+def cmd_upcycle(argv: list[str]) -> int:
+    """A Llama-family teacher distilled into a ParaRNN student (``pararnn_hf.distill``)."""
+    require_extras("this command", "train")
+    check_launch()
+    from .distill import UpcycleArguments, run_upcycle
+
+    up_args, data_args, training_args = _parse_trainer_command("upcycle", UpcycleArguments, argv)
+    summary = run_upcycle(up_args, data_args, training_args)
+    if summary.get("is_main_process", True):
+        print(
+            f"saved to {summary['output_dir']}; eval loss {summary['eval_loss']:.4f}, "
+            f"perplexity {summary['eval_perplexity']:.2f}"
+        )
+    return 0
+
+
+def cmd_train(argv: list[str]) -> int:
+    """Parsed by ``HfArgumentParser`` so every ``TrainingArguments`` field is a flag."""
+    require_extras("this command", "train")  # TrainingArguments itself needs accelerate
+    check_launch()
+    from .training import ModelArguments, run_training
+
+    model_args, data_args, training_args = _parse_trainer_command("train", ModelArguments, argv)
     if training_args.process_index == 0:
         backend = training_args.ddp_backend or ("nccl" if training_args.device.type == "cuda" else "gloo")
         where = f" ({backend})" if training_args.world_size > 1 else ""
@@ -485,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # listed for --help; its arguments are parsed by HfArgumentParser in cmd_train
     sub.add_parser("train", help="pre-train or fine-tune with Trainer (every TrainingArguments flag accepted)")
+    sub.add_parser(
+        "upcycle",
+        help="distil a Llama-family model into a ParaRNN: attention init, layer alignment, KD (train's flags too)",
+    )
 
     convert = sub.add_parser("convert", help="reference checkpoints <-> HF folders; upcycle Llama-style models")
     directions = convert.add_subparsers(dest="direction", required=True)
@@ -592,6 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "train":
             return cmd_train(argv[1:])
+        if command == "upcycle":
+            return cmd_upcycle(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
     except (SystemExit, KeyboardInterrupt):

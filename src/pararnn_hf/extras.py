@@ -13,6 +13,7 @@ import importlib.util
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("accelerate", "datasets", "matplotlib"),
     "eval": ("lm_eval", "evaluate", "accelerate"),
+    "gguf": ("gguf",),  # upcycle --gguf: transformers reads GGUF files through it
 }
 
 

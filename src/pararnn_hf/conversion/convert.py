@@ -273,6 +273,59 @@ def _write(state: dict[str, torch.Tensor], path: Path, fmt: str) -> None:
         torch.save(state, path)
 
 
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def check_llama_config(src_cfg, where: str) -> None:
+    """Refuse, naming ``where``, a model whose blocks do not map onto ParaRNN's."""
+    if getattr(src_cfg, "model_type", None) not in LLAMA_FAMILY:
+        raise ConversionError(
+            f"{where} is a {src_cfg.model_type!r} model; Llama, Mistral or Qwen2/3-style decoders are supported"
+        )
+    if getattr(src_cfg, "hidden_act", "silu") != "silu" or getattr(src_cfg, "mlp_bias", False):
+        raise ConversionError(f"{where}: only SwiGLU MLPs without bias (hidden_act='silu') map onto ParaRNN's MLP")
+
+
+def llama_student(
+    source, cell: str = "gru", num_heads: int | None = None, seed: int = 0, show_progress: bool = False
+) -> ParaRNNForCausalLM:
+    """A ParaRNN of ``source``'s shape and dtype (a loaded Llama-family CausalLM): its
+    embeddings, norms, MLPs and head copied, each attention block replaced by a fresh mixer
+    (seeded by ``seed``)."""
+    src_cfg = source.config
+    d = src_cfg.hidden_size
+    heads = num_heads or next(h for h in (8, 4, 2, 1) if d % h == 0)
+    cfg = ParaRNNConfig(
+        vocab_size=src_cfg.vocab_size,
+        hidden_size=d,
+        num_hidden_layers=src_cfg.num_hidden_layers,
+        cell=cell,
+        num_heads=heads,
+        intermediate_size=src_cfg.intermediate_size,
+        rms_norm_eps=src_cfg.rms_norm_eps,
+        tie_word_embeddings=bool(getattr(src_cfg, "tie_word_embeddings", False)),
+        max_position_embeddings=src_cfg.max_position_embeddings,
+        initializer_range=src_cfg.initializer_range,
+        pad_token_id=src_cfg.pad_token_id,
+        bos_token_id=src_cfg.bos_token_id,
+        eos_token_id=src_cfg.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = ParaRNNForCausalLM(cfg).to(source.dtype)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(source.model.embed_tokens.weight)
+        model.model.norm.weight.copy_(source.model.norm.weight)
+        if not cfg.tie_word_embeddings:
+            model.lm_head.weight.copy_(source.lm_head.weight)
+        for k in progress(range(cfg.num_hidden_layers), "copying layers", show_progress):
+            src, dst = source.model.layers[k], model.model.layers[k]
+            dst.mixer.norm.weight.copy_(src.input_layernorm.weight)
+            dst.mlp_norm.weight.copy_(src.post_attention_layernorm.weight)
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                getattr(dst.mlp, name).weight.copy_(getattr(src.mlp, name).weight)
+    return model
+
+
 def from_llama(
     llama_dir: str,
     out: str | os.PathLike,
@@ -291,45 +344,11 @@ def from_llama(
     check_target(out, overwrite, keep=[llama_dir])
     if not (Path(llama_dir) / "config.json").is_file():
         raise FileNotFoundError(f"no saved model folder at {llama_dir} (no config.json)")
-    src_cfg = AutoConfig.from_pretrained(llama_dir)
-    if getattr(src_cfg, "model_type", None) not in ("llama", "mistral", "qwen2", "qwen3"):
-        raise ConversionError(
-            f"{llama_dir} is a {src_cfg.model_type!r} model; from-llama takes Llama, Mistral or Qwen2/3-style decoders"
-        )
-    if getattr(src_cfg, "hidden_act", "silu") != "silu" or getattr(src_cfg, "mlp_bias", False):
-        raise ConversionError(f"{llama_dir}: only SwiGLU MLPs without bias (hidden_act='silu') map onto ParaRNN's MLP")
-    d = src_cfg.hidden_size
-    heads = num_heads or next(h for h in (8, 4, 2, 1) if d % h == 0)
-    cfg = ParaRNNConfig(
-        vocab_size=src_cfg.vocab_size,
-        hidden_size=d,
-        num_hidden_layers=src_cfg.num_hidden_layers,
-        cell=cell,
-        num_heads=heads,
-        intermediate_size=src_cfg.intermediate_size,
-        rms_norm_eps=src_cfg.rms_norm_eps,
-        tie_word_embeddings=bool(getattr(src_cfg, "tie_word_embeddings", False)),
-        max_position_embeddings=src_cfg.max_position_embeddings,
-        initializer_range=src_cfg.initializer_range,
-        pad_token_id=src_cfg.pad_token_id,
-        bos_token_id=src_cfg.bos_token_id,
-        eos_token_id=src_cfg.eos_token_id,
-    )
+    check_llama_config(AutoConfig.from_pretrained(llama_dir), llama_dir)
     # in the checkpoint's own dtype (a bf16 Llama gives a bf16 folder, not one twice its size)
     source = AutoModelForCausalLM.from_pretrained(llama_dir, dtype="auto")
-    torch.manual_seed(seed)
-    model = ParaRNNForCausalLM(cfg).to(source.dtype)
-    with torch.no_grad():
-        model.model.embed_tokens.weight.copy_(source.model.embed_tokens.weight)
-        model.model.norm.weight.copy_(source.model.norm.weight)
-        if not cfg.tie_word_embeddings:
-            model.lm_head.weight.copy_(source.lm_head.weight)
-        for k in progress(range(cfg.num_hidden_layers), "copying layers", show_progress):
-            src, dst = source.model.layers[k], model.model.layers[k]
-            dst.mixer.norm.weight.copy_(src.input_layernorm.weight)
-            dst.mlp_norm.weight.copy_(src.post_attention_layernorm.weight)
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                getattr(dst.mlp, name).weight.copy_(getattr(src.mlp, name).weight)
+    model = llama_student(source, cell, num_heads, seed, show_progress)
+    cfg, heads = model.config, model.config.num_heads
     with atomic_folder(out, overwrite, keep=[llama_dir]) as tmp:
         _save(model, tmp, _dtype(dtype), max_shard_size)
         tokenizer = _copy_tokenizer(llama_dir, tmp)
