@@ -76,9 +76,17 @@ CONV_KERNEL = 4  # the config default
 KERNELS = tuple(KERNEL_MODULES)
 U_DTYPES = {"float32": "*fp32", "bfloat16": "*bf16"}
 # pointer arguments whose element type is not fp32
-POINTER_TYPES = {"mask_ptr": "*i8", "iters_ptr": "*i32", "ctrl_ptr": "*i32", "first_reset_ptr": "*i32"}
+POINTER_TYPES = {
+    "mask_ptr": "*i8",
+    "iters_ptr": "*i32",
+    "ctrl_ptr": "*i32",
+    "first_reset_ptr": "*i32",
+    "count_ptr": "*i32",
+}
 SCALAR_TYPES = {"T": "i32", "N": "i32", "tol": "fp32", "NC": "i32", "it": "i32", "MAX_ITERS": "i32"}
-SCALAR_TYPES.update({"D": "i32", "H": "i32", "DH": "i32", "d": "i32", "I": "i32", "gate_eps": "fp32", "eps": "fp32"})
+SCALAR_TYPES.update(
+    {"D": "i32", "H": "i32", "DH": "i32", "d": "i32", "I": "i32", "J": "i32", "gate_eps": "fp32", "eps": "fp32"}
+)
 SCALAR_TYPES.update(
     {"PROGRAMS_KEY": "i32", "T_KEY": "i32", "su_b": "i32", "su_t": "i32", "su_g": "i32", "su_h": "i32", "NH": "i32"}
 )
@@ -157,7 +165,7 @@ def decode_configs(name: str) -> list:
     picks them (``ops/triton/fused_decode.py``)."""
     import triton
 
-    from pararnn_hf.ops.triton.fused_decode import mixer_tile, norm_tile, silu_tile
+    from pararnn_hf.ops.triton.fused_decode import meansq_groups, mixer_tile, norm_tile, silu_tile
     from pararnn_hf.presets import PRESETS
 
     out = {}
@@ -168,7 +176,7 @@ def decode_configs(name: str) -> list:
             BDH, BJ, warps = mixer_tile(inner // H, inner // H, interpreted=False)
             cfg = ({"KC": CONV_KERNEL, "BDH": BDH, "BJ": BJ}, warps)
         elif name == "residual_norm":
-            BD, BH, warps = norm_tile(d, H, interpreted=False)
+            BD, BH, warps = norm_tile(d, meansq_groups(H, inner // H, inner // H, interpreted=False), interpreted=False)
             cfg = ({"BD": BD, "BH": BH}, warps)
         else:
             BI, warps = silu_tile(p["intermediate_size"], interpreted=False)

@@ -8,9 +8,10 @@ step, and h · w · SiLU(g), the gate RMSNorm without its scale), ``out_proj`` (
 ``residual_norm`` (the gate norm's scale, the residual add and the MLP's RMSNorm), the MLP's
 gate and up GEMMs, ``silu_mul``, the down GEMM, and ``residual_norm`` again (the next block's
 norm). The gate RMSNorm's scale ``rsqrt(mean(h^2) + eps)`` is one number per row, so it
-commutes with ``out_proj`` and is applied after it, from the per-head shares of the mean
-square ``mixer_step`` returns (``sum over the head of h^2 / N``): the step itself then needs no
-reduction across heads, and the norm divides by the cell width N, not out_proj's width.
+commutes with ``out_proj`` and is applied after it, from the shares of the mean square
+``mixer_step`` returns (``sum over a group of channels of h^2 / N``): the step itself then
+needs no reduction across heads or channel blocks, and the norm divides by the cell width N,
+not out_proj's width.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def mixer_step(
     ``xz`` [Bt, 2D]: in_proj's output (x, then the gate g). ``conv_state`` [Bt, K-1, D] (the
     last conv inputs) and the cell state ``c_state`` (LSTM; None for the GRU) and ``h_state``
     [Bt, N] fp32 are updated in place. ``mask`` [Bt] (0: padding, an identity step).
-    Returns ``v = h' * gate_weight * SiLU(g)`` [Bt, N] in xz's dtype and ``meansq`` [Bt, H]
-    fp32, each head's share of mean(h'^2) (its sum of squares / N): the gate RMSNorm's scale,
+    Returns ``v = h' * gate_weight * SiLU(g)`` [Bt, N] in xz's dtype and ``meansq`` [Bt, G]
+    fp32, shares of mean(h'^2) over G groups of channels (a group's sum of squares / N; here
+    one group per head, in the kernel one per block of channels): the gate RMSNorm's scale,
     applied after out_proj, is ``rsqrt(meansq.sum(-1) + eps)``.
     """
     D = conv_state.shape[-1]
@@ -85,7 +87,7 @@ def residual_norm(
     eps: float,
 ) -> tuple[Tensor, Tensor]:
     """``hidden = residual · residual_scale + delta · scale`` (no residual: ``delta · scale``),
-    ``scale = rsqrt(sum(meansq) + gate_eps)`` per row when ``meansq`` [Bt, H] (``mixer_step``'s)
+    ``scale = rsqrt(sum(meansq) + gate_eps)`` per row when ``meansq`` [Bt, G] (``mixer_step``'s)
     is given (the gate RMSNorm's) else 1; returns ``hidden`` and ``RMSNorm(hidden) ·
     weight``, both in delta's dtype (statistics in fp32)."""
     d = delta.float()

@@ -35,6 +35,11 @@ def mixer_tile(DH: int, NH: int, interpreted: bool | None = None) -> tuple[int, 
     return BDH, BJ, _warps(2 * BDH * BJ, interpreted)
 
 
+def meansq_groups(H: int, DH: int, NH: int, interpreted: bool | None = None) -> int:
+    """How many shares of the mean square ``mixer_step`` returns per row: one per program."""
+    return H * triton.cdiv(NH, mixer_tile(DH, NH, interpreted)[1])
+
+
 def norm_tile(d: int, H: int, interpreted: bool | None = None) -> tuple[int, int, int]:
     """(BD, BH, num_warps) of ``residual_norm_kernel``: one program holds a whole row."""
     return _pow2(d), _pow2(H), _warps(_pow2(d), interpreted)
@@ -45,6 +50,19 @@ def silu_tile(I: int, interpreted: bool | None = None) -> tuple[int, int]:
     interpreted = interpreter_enabled() if interpreted is None else interpreted
     BI = min(_pow2(I), 64 if interpreted else 1024)
     return BI, _warps(BI, interpreted)
+
+
+_TICKETS: dict[tuple[str, int], Tensor] = {}
+
+
+def _tickets(n: int, device: torch.device) -> Tensor:
+    """Zeroed int32 tickets, one per (row, head), kept per device and reused: the kernel
+    leaves them at zero, so no launch re-zeroes them (and a CUDA graph replays on the same
+    buffer)."""
+    key = (str(device), n)
+    if key not in _TICKETS:
+        _TICKETS[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return _TICKETS[key]
 
 
 def mixer_step(
@@ -65,10 +83,11 @@ def mixer_step(
     Bt, D = xz.shape[0], conv_state.shape[-1]
     H, DH, _, NH = B.shape
     N = h_state.shape[-1]
-    v = torch.empty(Bt, N, dtype=xz.dtype, device=xz.device)
-    meansq = torch.empty(Bt, H, dtype=torch.float32, device=xz.device)
     BDH, BJ, warps = mixer_tile(DH, NH)
-    mixer_step_kernel[(Bt, H)](
+    J = triton.cdiv(NH, BJ)
+    v = torch.empty(Bt, N, dtype=xz.dtype, device=xz.device)
+    meansq = torch.empty(Bt, H * J, dtype=torch.float32, device=xz.device)
+    mixer_step_kernel[(Bt, H, J)](
         xz_ptr=xz.contiguous(),
         conv_state_ptr=conv_state,
         conv_weight_ptr=conv_weight.contiguous(),
@@ -83,11 +102,13 @@ def mixer_step(
         gate_weight_ptr=gate_weight,
         v_ptr=v,
         meansq_ptr=meansq,
+        count_ptr=_tickets(Bt * H, xz.device),
         D=D,
         N=N,
         H=H,
         DH=DH,
         NH=NH,
+        J=J,
         CELL=cell.KERNEL_ID,
         KC=conv_weight.shape[-1],
         BDH=BDH,

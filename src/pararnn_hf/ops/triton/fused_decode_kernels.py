@@ -1,11 +1,12 @@
 """The decoding step's fused kernels (docs/design.md#cache), following the conventions at the
 top of ``kernels.py``. References: ``ops/fused_decode.py`` (same math in torch).
 
-- ``mixer_step_kernel``: grid (B, H), a program per batch row and head. It owns the head's
-  conv channels, so it shifts their conv tail in place with no other program reading it; the
-  conv, SiLU, the head's block of the input projection (``B[h]``, [D/H, 3, N/H]), the cell
-  step (state in place), and ``h' · w · SiLU(g)`` follow on chip, channel blocks of ``BJ``.
-  The per-head sum of ``h'^2`` leaves for the gate norm's scale, applied after out_proj.
+- ``mixer_step_kernel``: grid (B, H, J), a program per batch row, head and block of ``BJ``
+  cell channels (so that batch 1 still fills the GPU). Each reads its head's conv window and
+  computes the conv and SiLU of the head's inputs, its block of the input projection
+  (``B[h]``, [D/H, 3, N/H]), the cell step (state in place) and ``h' · w · SiLU(g)``; the
+  last of the head's programs to arrive (an atomic ticket) shifts the head's conv tail. Each
+  block's sum of ``h'^2`` leaves for the gate norm's scale, applied after out_proj.
 - ``residual_norm_kernel``: grid (B,): that scale, the residual add and the next RMSNorm.
 - ``silu_mul_kernel``: grid (B, cdiv(I, BI)): the SwiGLU product.
 All math is fp32; activations are read and written in the model's dtype, states in fp32.
@@ -39,11 +40,13 @@ def mixer_step_kernel(
     gate_weight_ptr,
     v_ptr,
     meansq_ptr,
+    count_ptr,
     D,
     N,
     H,
     DH,
     NH,
+    J,
     CELL: tl.constexpr,
     KC: tl.constexpr,
     HAS_MASK: tl.constexpr,
@@ -56,13 +59,17 @@ def mixer_step_kernel(
     In: ``xz`` [B, 2D] (x, g), ``conv_state`` [B, KC-1, D] (updated in place), ``conv_weight``
     [D, 1, KC], ``conv_bias`` [D] or None, ``mask`` [B] or None, ``A`` [3, N], ``B`` [H, DH, 3,
     NH], ``b`` [3, N], ``C`` [2, N] or None, the state ``c`` (LSTM; None for the GRU) and ``h``
-    [B, N] fp32 (updated in place), ``gate_weight`` [N].
-    Out: ``v`` [B, N] = h' * gate_weight * SiLU(g) in xz's dtype, ``meansq`` [B, H] fp32 (each head's
-    sum of h'^2 over N: its share of the gate RMSNorm's mean square).
-    Grid: (B, H).
+    [B, N] fp32 (updated in place), ``gate_weight`` [N], ``count`` [B, H] int32 zeros (left
+    zero). Out: ``v`` [B, N] = h' * gate_weight * SiLU(g) in xz's dtype, ``meansq`` [B, H·J]
+    fp32 (each program's sum of h'^2 over N: its share of the gate RMSNorm's mean square).
+    Grid: (B, H, J), J = cdiv(NH, BJ): a program per row, head and block of BJ channels, so a
+    batch-1 step still spreads over H·J programs. Each program reads the head's whole conv
+    window (the projection mixes the head's inputs); the last of a head's J programs to take
+    a ticket, when all have read it, shifts the head's conv tail in place and resets the ticket.
     """
     b = tl.program_id(0).to(tl.int64)
     hd = tl.program_id(1)
+    blk = tl.program_id(2)
     i = tl.arange(0, BDH)
     im = i < DH
     ch = hd * DH + i  # this head's conv (and cell input) channels
@@ -78,45 +85,48 @@ def mixer_step_kernel(
     for k in tl.static_range(KC - 1):
         w = tl.load(conv_weight_ptr + ch * KC + k, mask=im, other=0.0).to(tl.float32)
         acc += w * tl.load(tail + k * D, mask=im, other=0.0).to(tl.float32)
-    # shift the tail (only this program reads these channels): slot k takes slot k + 1
-    for k in tl.static_range(KC - 2):
-        tl.store(tail + k * D, tl.load(tail + (k + 1) * D, mask=im, other=0.0), mask=im)
-    if KC > 1:
-        tl.store(tail + (KC - 2) * D, x.to(conv_state_ptr.dtype.element_ty), mask=im)
     xc = acc * tl.sigmoid(acc)
-    ss = tl.zeros([], tl.float32)
-    for j0 in range(0, NH, BJ):
-        j = j0 + tl.arange(0, BJ)
-        jm = j < NH
-        n = hd * NH + j
-        m2 = im[:, None] & jm[None, :]
-        w_off = B_ptr + hd * DH * 3 * NH + i[:, None] * (3 * NH) + j[None, :]
-        u0 = tl.sum(xc[:, None] * tl.load(w_off, mask=m2, other=0.0).to(tl.float32), axis=0)
-        u1 = tl.sum(xc[:, None] * tl.load(w_off + NH, mask=m2, other=0.0).to(tl.float32), axis=0)
-        u2 = tl.sum(xc[:, None] * tl.load(w_off + 2 * NH, mask=m2, other=0.0).to(tl.float32), axis=0)
-        u0 += tl.load(b_ptr + n, mask=jm, other=0.0).to(tl.float32)
-        u1 += tl.load(b_ptr + N + n, mask=jm, other=0.0).to(tl.float32)
-        u2 += tl.load(b_ptr + 2 * N + n, mask=jm, other=0.0).to(tl.float32)
-        A0 = tl.load(A_ptr + n, mask=jm, other=0.0).to(tl.float32)
-        A1 = tl.load(A_ptr + N + n, mask=jm, other=0.0).to(tl.float32)
-        A2 = tl.load(A_ptr + 2 * N + n, mask=jm, other=0.0).to(tl.float32)
-        h_old = tl.load(h_ptr + b * N + n, mask=jm, other=0.0)
-        if CELL == 0:
-            h_new, _ = gru_step(h_old, u0, u1, u2, A0, A1, A2)
-        else:
-            C0 = tl.load(C_ptr + n, mask=jm, other=0.0).to(tl.float32)
-            C1 = tl.load(C_ptr + N + n, mask=jm, other=0.0).to(tl.float32)
-            c_old = tl.load(c_ptr + b * N + n, mask=jm, other=0.0)
-            c_new, h_new, _, _, _, _ = lstm_step(c_old, h_old, u0, u1, u2, A0, A1, A2, C0, C1)
-            c_new = tl.where(real, c_new, c_old)
-            tl.store(c_ptr + b * N + n, c_new, mask=jm)
-        h_new = tl.where(real, h_new, h_old)
-        tl.store(h_ptr + b * N + n, h_new, mask=jm)
-        g = tl.load(xz_ptr + b * 2 * D + D + n, mask=jm, other=0.0).to(tl.float32)
-        v = h_new * tl.load(gate_weight_ptr + n, mask=jm, other=0.0).to(tl.float32) * (g * tl.sigmoid(g))
-        tl.store(v_ptr + b * N + n, v.to(v_ptr.dtype.element_ty), mask=jm)
-        ss += tl.sum(tl.where(jm, h_new * h_new, 0.0), axis=0)
-    tl.store(meansq_ptr + b * H + hd, ss / N)
+    if KC > 1:
+        # every thread of this program has read the tail (xc depends on it) before the ticket;
+        # the ticket's release orders those reads before the last program's writes
+        tl.debug_barrier()
+        ticket = tl.atomic_add(count_ptr + b * H + hd, 1, sem="acq_rel")
+        if ticket == J - 1:  # slot k takes slot k + 1, the last slot the new input
+            for k in tl.static_range(KC - 2):
+                tl.store(tail + k * D, tl.load(tail + (k + 1) * D, mask=im, other=0.0), mask=im)
+            tl.store(tail + (KC - 2) * D, x.to(conv_state_ptr.dtype.element_ty), mask=im)
+            tl.atomic_xchg(count_ptr + b * H + hd, 0, sem="acq_rel")
+    j = blk * BJ + tl.arange(0, BJ)
+    jm = j < NH
+    n = hd * NH + j
+    m2 = im[:, None] & jm[None, :]
+    w_off = B_ptr + hd * DH * 3 * NH + i[:, None] * (3 * NH) + j[None, :]
+    u0 = tl.sum(xc[:, None] * tl.load(w_off, mask=m2, other=0.0).to(tl.float32), axis=0)
+    u1 = tl.sum(xc[:, None] * tl.load(w_off + NH, mask=m2, other=0.0).to(tl.float32), axis=0)
+    u2 = tl.sum(xc[:, None] * tl.load(w_off + 2 * NH, mask=m2, other=0.0).to(tl.float32), axis=0)
+    u0 += tl.load(b_ptr + n, mask=jm, other=0.0).to(tl.float32)
+    u1 += tl.load(b_ptr + N + n, mask=jm, other=0.0).to(tl.float32)
+    u2 += tl.load(b_ptr + 2 * N + n, mask=jm, other=0.0).to(tl.float32)
+    A0 = tl.load(A_ptr + n, mask=jm, other=0.0).to(tl.float32)
+    A1 = tl.load(A_ptr + N + n, mask=jm, other=0.0).to(tl.float32)
+    A2 = tl.load(A_ptr + 2 * N + n, mask=jm, other=0.0).to(tl.float32)
+    h_old = tl.load(h_ptr + b * N + n, mask=jm, other=0.0)
+    if CELL == 0:
+        h_new, _ = gru_step(h_old, u0, u1, u2, A0, A1, A2)
+    else:
+        C0 = tl.load(C_ptr + n, mask=jm, other=0.0).to(tl.float32)
+        C1 = tl.load(C_ptr + N + n, mask=jm, other=0.0).to(tl.float32)
+        c_old = tl.load(c_ptr + b * N + n, mask=jm, other=0.0)
+        c_new, h_new, _, _, _, _ = lstm_step(c_old, h_old, u0, u1, u2, A0, A1, A2, C0, C1)
+        c_new = tl.where(real, c_new, c_old)
+        tl.store(c_ptr + b * N + n, c_new, mask=jm)
+    h_new = tl.where(real, h_new, h_old)
+    tl.store(h_ptr + b * N + n, h_new, mask=jm)
+    g = tl.load(xz_ptr + b * 2 * D + D + n, mask=jm, other=0.0).to(tl.float32)
+    v = h_new * tl.load(gate_weight_ptr + n, mask=jm, other=0.0).to(tl.float32) * (g * tl.sigmoid(g))
+    tl.store(v_ptr + b * N + n, v.to(v_ptr.dtype.element_ty), mask=jm)
+    ss = tl.sum(tl.where(jm, h_new * h_new, 0.0), axis=0)
+    tl.store(meansq_ptr + b * H * J + hd * J + blk, ss / N)
 
 
 @triton.heuristics(
