@@ -209,6 +209,21 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
+def write_results(args: argparse.Namespace, rows: list[dict], **settings) -> None:
+    """The rows as JSON at ``args.out``, with the machine and the run's settings."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.machine(),
+        "torch": torch.__version__,
+        "size": args.size,
+        "dtype": args.dtype,
+        **settings,
+    }
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
 # --------------------------------------------------------------------------- --paths
 
 BASELINE = "stock generate()"
@@ -364,6 +379,8 @@ def paths_worker(args: argparse.Namespace) -> None:
                     short = [timed(fn, prompt, mask, 1)[0] for _ in range(args.repeats)]
                 # the prefill and the call's fixed costs cancel: per token is the difference
                 seconds = (statistics.median(t for t, _ in long) - statistics.median(short)) / (args.new_tokens - 1)
+                if seconds <= 0:  # a loaded machine and few tokens: no per-token time to report
+                    raise RuntimeError(f"{args.new_tokens} new tokens took no longer than 1; raise --new-tokens")
                 tokens = long[-1][1][:, context:].cpu()
                 if reference is None:
                     reference = tokens
@@ -429,23 +446,13 @@ def paths_main(args: argparse.Namespace) -> None:
             continue
         base = stock.get((r["model"], *key))
         x_stock = f"{r['tok_s'] / base:.2f}" if base else ""
-        x_llama = f"{r['tok_s'] / best_llama[key]:.2f}" if key in best_llama and r["model"] != "llama" else ""
+        x_llama = f"{r['tok_s'] / best_llama[key]:.2f}" if best_llama.get(key) and r["model"] != "llama" else ""
         print(
             f"{r['model']:<13} {key[0]:>5} {key[1]:>6} {r['path']:<36} {r['tok_s']:>10,.1f} {x_stock:>8} "
             f"{x_llama:>8} {r.get('equal_tokens', ''):>9}"
             + (f"  ({r['kernels_per_token']} CUDA kernels per step)" if "kernels_per_token" in r else "")
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.machine(),
-        "torch": torch.__version__,
-        "size": args.size,
-        "dtype": args.dtype,
-        "new_tokens": args.new_tokens,
-    }
-    out.write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
-    print(f"wrote {out}")
+    write_results(args, results, new_tokens=args.new_tokens)
 
 
 def main() -> None:
@@ -548,18 +555,7 @@ def main() -> None:
                     else (f" fast decode failed: {row['fast_error']}" if "fast_error" in row else "")
                 )
             )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.machine(),
-        "torch": torch.__version__,
-        "size": args.size,
-        "dtype": args.dtype,
-        "compile": args.compile,
-        "prefill_chunk_size": args.prefill_chunk_size,
-    }
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_results(args, rows, compile=args.compile, prefill_chunk_size=args.prefill_chunk_size)
 
 
 if __name__ == "__main__":

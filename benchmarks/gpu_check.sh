@@ -77,7 +77,7 @@ if [ $SMOKE = 1 ]; then
   SCHEDULES=(--smoke --cells gru --dtypes float32)
   GEN=(--contexts 32 --models pararnn-gru llama --new-tokens 6 --repeats 1 --fast-tokens 8)
   DECODE=(--rows 1:16 3:16 --llama-rows 1:16 --models pararnn-gru llama --only "capture compile" "decoding" "static cache"
-          --new-tokens 4 --repeats 1)
+          --new-tokens 8 --repeats 1)
   TRAIN=(--batch 1 --seq-lens 32 --repeats 1 --models pararnn-gru llama)
   PROFILE=(--smoke)
   LIMIT_TESTS=120 LIMIT_KERNELS=120 LIMIT_SCHEDULES=120 LIMIT_GEN=300 LIMIT_DECODE=300 LIMIT_TRAIN=120 LIMIT_PROFILE=120

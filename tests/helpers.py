@@ -89,3 +89,24 @@ def tiny_tokenizer(vocab_size: int = 300):
     )
     tok.train_from_iterator([TOKENIZER_TEXT], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def tiny_llama(kv_heads: int = 2, tied: bool = False, seed: int = 0):
+    """A random 2-layer LlamaForCausalLM of the tiny models' width (4 query heads of 8)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        intermediate_size=48,
+        tie_word_embeddings=tied,
+        rms_norm_eps=1e-5,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(cfg).eval()

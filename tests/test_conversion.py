@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import rel_err, tiny_model, tiny_tokenizer
+from helpers import rel_err, tiny_llama, tiny_model, tiny_tokenizer
 from pararnn_hf import ParaGRU, ParaLSTM, ParaRNNForCausalLM
 from pararnn_hf.cli import main
 from pararnn_hf.conversion import ConversionError, from_llama, from_reference, to_reference
@@ -254,20 +254,7 @@ def test_dtype_and_sharding(tmp_path, saved):
 
 @pytest.fixture
 def llama_folder(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=300,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=48,
-        tie_word_embeddings=False,
-        rms_norm_eps=1e-5,
-    )
-    llama = LlamaForCausalLM(cfg).eval()
+    llama = tiny_llama(kv_heads=2, tied=False)
     folder = tmp_path / "llama"
     llama.save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from helpers import rel_err, tiny_tokenizer
+from helpers import rel_err, tiny_llama, tiny_tokenizer
 from pararnn_hf.distill.attention_init import (
     CANDIDATE_SCALE,
     AttentionInitError,
@@ -23,26 +23,6 @@ TEXT = (
     "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, item):\n        self.items.append(item)\n"
     "import os\nimport sys\nfor i in range(10):\n    print(i)\nwhile True:\n    break\n"
 )
-
-
-def tiny_llama(kv_heads: int = 2, tied: bool = False, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=300,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        intermediate_size=48,
-        tie_word_embeddings=tied,
-        rms_norm_eps=1e-5,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 def llama_folder(tmp_path, kv_heads=2, tied=False, name="llama"):
