@@ -58,7 +58,8 @@ ARMS = {
     "E": dict(start="llama", init=False, align=True, kd=True, tokens=1.0),
     "F": dict(start="llama", init=True, align=False, kd=True, tokens=1.0),
 }
-PLAN = [("gru", arm) for arm in ARMS] + [("lstm", "A"), ("lstm", "D")]
+# the goals' comparisons first (D against A and B), then the ablations, then the LSTM
+PLAN = [("gru", arm) for arm in ("A", "D", "B", "C", "F", "E", "A'")] + [("lstm", "A"), ("lstm", "D")]
 
 
 @dataclass(frozen=True)
