@@ -55,7 +55,7 @@ def repeat_kv(weight: torch.Tensor, heads: int, kv_heads: int, head_dim: int) ->
 def timescales(channels: int, max_timescale: float) -> torch.Tensor:
     """``channels`` time constants spread log-uniformly over [MIN_TIMESCALE, max_timescale]."""
     if channels == 1:
-        return torch.tensor([float(max_timescale)])
+        return torch.tensor([float(max_timescale)], dtype=torch.float64)
     return torch.logspace(math.log10(MIN_TIMESCALE), math.log10(max_timescale), channels, dtype=torch.float64)
 
 
