@@ -19,8 +19,9 @@ training context (256) and at twice it (512), and the training loss curve agains
 tokens. Goals for D: >= 0.10 nats below A, >= 0.05 below B, closing >= 50 % of the A-teacher gap.
 
 Resumable across sessions: the teacher trains with checkpoints (``teacher_run/``) and resumes
-from the newest; each student run is recorded as one JSON file when it finishes (written whole
-or not at all) and skipped when the script starts again. Run it alone on the machine.
+from the newest; so does each student run (``scratch/<run>/``). Each run is recorded as one
+JSON file when it finishes (written whole or not at all) and skipped when the script starts
+again. Run it alone on the machine.
 
   python benchmarks/bench_upcycle.py run             # teacher, then every arm/seed not yet recorded
   python benchmarks/bench_upcycle.py report --plot   # the table (markdown), loss_vs_tokens.png
@@ -164,6 +165,7 @@ def train_teacher(args, data) -> Path:
 
 def student_run(run: Run, args, data, teacher_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM
+    from transformers.trainer_utils import get_last_checkpoint
 
     from pararnn_hf import ParaRNNForCausalLM
     from pararnn_hf.conversion.convert import llama_student
@@ -187,7 +189,8 @@ def student_run(run: Run, args, data, teacher_dir: Path) -> dict:
             attention_init_(model, teacher, max_timescale=float(args.seq_len))
         lr = UPCYCLE_LR
     folder = Path(args.out) / "scratch" / run.name
-    targs = trainer_args(args, folder, lr, run.seed, steps)
+    # checkpoints every ~tenth of the run: a run killed with its session resumes, not restarts
+    targs = trainer_args(args, folder, lr, run.seed, steps, save_steps=max(1, steps // 10))
     if arm["kd"]:
         align_steps = round(ALIGN_SHARE * steps) if arm["align"] else 0
         trainer = UpcycleTrainer(model=model, args=targs, train_dataset=data["train"],
@@ -196,8 +199,11 @@ def student_run(run: Run, args, data, teacher_dir: Path) -> dict:
     else:
         align_steps = 0
         trainer = Trainer(model=model, args=targs, train_dataset=data["train"], data_collator=default_data_collator)
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if last:
+        print(f"{run.name}: resuming {last}", flush=True)
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - start
     losses = evaluate(model, data, args, resets=True)
     per_step = args.batch * args.seq_len
@@ -205,7 +211,7 @@ def student_run(run: Run, args, data, teacher_dir: Path) -> dict:
         "cell": run.cell, "arm": run.arm, "seed": run.seed, **arm, "lr": lr, "steps": steps,
         "align_steps": align_steps, "student_tokens": steps * per_step, **losses,
         "train_loss": [[e["step"] * per_step, e["loss"]] for e in trainer.state.log_history if "loss" in e],
-        "train_s_not_isolated": seconds, **environment(),
+        "train_s_not_isolated": seconds, "resumed_from": last, **environment(),
     }  # fmt: skip
 
 
