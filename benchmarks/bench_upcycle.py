@@ -14,7 +14,8 @@ Students: the same shape, each given ``--student-tokens`` (1.6M) tokens. Arms:
   E   D without the attention init
   F   D without alignment (every token KD)
 
-ParaGRU runs every arm, ParaLSTM arms A and D; two seeds each. Measures: held-out loss at the
+ParaGRU runs every arm, ParaLSTM arms A and D; two seeds each (a seed draws the student's
+random init and the order of its training windows). Measures: held-out loss at the
 training context (256) and at twice it (512), and the training loss curve against student
 tokens. Goals for D: >= 0.10 nats below A, >= 0.05 below B, closing >= 50 % of the A-teacher gap.
 
@@ -59,8 +60,9 @@ ARMS = {
     "E": dict(start="llama", init=False, align=True, kd=True, tokens=1.0),
     "F": dict(start="llama", init=True, align=False, kd=True, tokens=1.0),
 }
-# the goals' comparisons first (D against A and B), then the ablations, then the LSTM
-PLAN = [("gru", arm) for arm in ("A", "D", "B", "C", "F", "E", "A'")] + [("lstm", "A"), ("lstm", "D")]
+# the goals' comparisons first (D against A and B, for both cells), then the ablations
+PLAN = [("gru", "A"), ("gru", "D"), ("gru", "B"), ("lstm", "A"), ("lstm", "D")]
+PLAN += [("gru", arm) for arm in ("C", "F", "E", "A'")]
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,9 @@ def student_run(run: Run, args, data, teacher_dir: Path) -> dict:
     folder = Path(args.out) / "scratch" / run.name
     # checkpoints every ~tenth of the run: a run killed with its session resumes, not restarts
     targs = trainer_args(args, folder, lr, run.seed, steps, save_steps=max(1, steps // 10))
+    # the seed also draws the training windows' order: arms C, D and F start from the teacher
+    # alone (the attention init is deterministic), so with one order their seeds would coincide
+    targs = dataclasses.replace(targs, data_seed=run.seed)
     if arm["kd"]:
         align_steps = round(ALIGN_SHARE * steps) if arm["align"] else 0
         trainer = UpcycleTrainer(model=model, args=targs, train_dataset=data["train"],
@@ -209,7 +214,7 @@ def student_run(run: Run, args, data, teacher_dir: Path) -> dict:
     per_step = args.batch * args.seq_len
     return {
         "cell": run.cell, "arm": run.arm, "seed": run.seed, **arm, "lr": lr, "steps": steps,
-        "align_steps": align_steps, "student_tokens": steps * per_step, **losses,
+        "align_steps": align_steps, "data_seed": run.seed, "student_tokens": steps * per_step, **losses,
         "train_loss": [[e["step"] * per_step, e["loss"]] for e in trainer.state.log_history if "loss" in e],
         "train_s_not_isolated": seconds, "resumed_from": last, **environment(),
     }  # fmt: skip
@@ -264,6 +269,11 @@ def cmd_report(args) -> None:
             )
             print(f"\n{cell}: D - A = {mean(d, key) - mean(a, key):+.4f} (goal <= -0.10)"
                   + (f", D - B = {mean(d, key) - mean(b, key):+.4f} (goal <= -0.05)" if b else "") + gap)  # fmt: skip
+            for seed in sorted({r["seed"] for r in d}):
+                one = {x: [r for r in rows if r["seed"] == seed] for x, rows in (("A", a), ("B", b or []), ("D", d))}
+                if one["A"] and one["D"]:
+                    print(f"  seed {seed}: D - A = {one['D'][0][key] - one['A'][0][key]:+.4f}"
+                          + (f", D - B = {one['D'][0][key] - one['B'][0][key]:+.4f}" if one["B"] else ""))  # fmt: skip
     if args.plot and runs:
         import matplotlib
 
