@@ -346,6 +346,14 @@ def test_the_upcycling_protocol_runs_records_and_skips_what_it_recorded(tmp_path
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == stamps
     table = run("report")
     assert "| gru | D |" in table and "| lstm | A |" in table and "D - A =" in table
+    # a run whose record is lost (killed between its last checkpoint and its record) resumes
+    # from its newest checkpoint instead of training again, and records the same losses
+    lost = out / "runs" / "gru_D_seed0.json"
+    before = json.loads(lost.read_text())
+    lost.unlink()
+    assert "gru_D_seed0: resuming" in run("run")
+    after = json.loads(lost.read_text())
+    assert after["eval_32"] == before["eval_32"] and after["data_seed"] == before["data_seed"] == 0
 
 
 def write_gguf(path, llama, tokenizer):
