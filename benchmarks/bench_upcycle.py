@@ -92,13 +92,20 @@ def load_data(args):
     return tokenizer, data
 
 
-def trainer_args(args, folder: Path, lr: float, seed: int, steps: int, save_steps: int | None = None):
-    """bench_quality's arguments (its recipe, data order and logging), with checkpoints when
-    ``save_steps`` is given (the teacher's run, which may span sessions)."""
+def trainer_args(args, folder: Path, lr: float, seed: int, steps: int, save_steps: int, data_seed: int = 0):
+    """bench_quality's arguments (its recipe and logging) with the windows' order ``data_seed``
+    and checkpoints every ``save_steps`` (runs may span sessions)."""
     targs = training_args(args, folder, lr, seed, steps)
-    if save_steps:
-        targs = dataclasses.replace(targs, save_strategy="steps", save_steps=save_steps, save_total_limit=2)
-    return targs
+    return dataclasses.replace(
+        targs, data_seed=data_seed, save_strategy="steps", save_steps=save_steps, save_total_limit=2
+    )
+
+
+def newest_checkpoint(folder: Path) -> str | None:
+    """The checkpoint a run killed midway resumes from (None: start afresh)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
 def steps_for(args, tokens: float) -> int:
@@ -124,8 +131,6 @@ def evaluate(model, data, args, resets: bool) -> dict[str, float]:
 
 def train_teacher(args, data) -> Path:
     """The Llama teacher, trained (resumably) to ``args.teacher_tokens``; returns its folder."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     folder, record = Path(args.out) / "teacher", Path(args.out) / "teacher.json"
     if record.is_file():
         if not (folder / "config.json").is_file():  # the records are in git, the model is not
@@ -145,7 +150,7 @@ def train_teacher(args, data) -> Path:
         train_dataset=data["train"],
         data_collator=collator_without_resets,
     )
-    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    last = newest_checkpoint(run_dir)
     print(f"teacher: {steps} steps ({steps * args.batch * args.seq_len:,} tokens)"
           + (f", resuming {last}" if last else ""), flush=True)  # fmt: skip
     start = time.perf_counter()
@@ -167,7 +172,6 @@ def train_teacher(args, data) -> Path:
 
 def student_run(run: Run, args, data, teacher_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM
-    from transformers.trainer_utils import get_last_checkpoint
 
     from pararnn_hf import ParaRNNForCausalLM
     from pararnn_hf.conversion.convert import llama_student
@@ -191,11 +195,10 @@ def student_run(run: Run, args, data, teacher_dir: Path) -> dict:
             attention_init_(model, teacher, max_timescale=float(args.seq_len))
         lr = UPCYCLE_LR
     folder = Path(args.out) / "scratch" / run.name
-    # checkpoints every ~tenth of the run: a run killed with its session resumes, not restarts
-    targs = trainer_args(args, folder, lr, run.seed, steps, save_steps=max(1, steps // 10))
-    # the seed also draws the training windows' order: arms C, D and F start from the teacher
-    # alone (the attention init is deterministic), so with one order their seeds would coincide
-    targs = dataclasses.replace(targs, data_seed=run.seed)
+    # checkpoints every ~tenth of the run: a run killed with its session resumes, not restarts.
+    # The seed also draws the windows' order: arms C, D and F start from the teacher alone (the
+    # attention init is deterministic), so with one order their seeds would coincide
+    targs = trainer_args(args, folder, lr, run.seed, steps, save_steps=max(1, steps // 10), data_seed=run.seed)
     if arm["kd"]:
         align_steps = round(ALIGN_SHARE * steps) if arm["align"] else 0
         trainer = UpcycleTrainer(model=model, args=targs, train_dataset=data["train"],
@@ -204,7 +207,7 @@ def student_run(run: Run, args, data, teacher_dir: Path) -> dict:
     else:
         align_steps = 0
         trainer = Trainer(model=model, args=targs, train_dataset=data["train"], data_collator=default_data_collator)
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    last = newest_checkpoint(folder)
     if last:
         print(f"{run.name}: resuming {last}", flush=True)
     start = time.perf_counter()
@@ -269,11 +272,11 @@ def cmd_report(args) -> None:
             )
             print(f"\n{cell}: D - A = {mean(d, key) - mean(a, key):+.4f} (goal <= -0.10)"
                   + (f", D - B = {mean(d, key) - mean(b, key):+.4f} (goal <= -0.05)" if b else "") + gap)  # fmt: skip
+            loss = {(r["arm"], r["seed"]): r[key] for r in runs if r["cell"] == cell}
             for seed in sorted({r["seed"] for r in d}):
-                one = {x: [r for r in rows if r["seed"] == seed] for x, rows in (("A", a), ("B", b or []), ("D", d))}
-                if one["A"] and one["D"]:
-                    print(f"  seed {seed}: D - A = {one['D'][0][key] - one['A'][0][key]:+.4f}"
-                          + (f", D - B = {one['D'][0][key] - one['B'][0][key]:+.4f}" if one["B"] else ""))  # fmt: skip
+                if ("A", seed) in loss:
+                    vs_b = f", D - B = {loss['D', seed] - loss['B', seed]:+.4f}" if ("B", seed) in loss else ""
+                    print(f"  seed {seed}: D - A = {loss['D', seed] - loss['A', seed]:+.4f}{vs_b}")
     if args.plot and runs:
         import matplotlib
 

@@ -346,14 +346,21 @@ def test_the_upcycling_protocol_runs_records_and_skips_what_it_recorded(tmp_path
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == stamps
     table = run("report")
     assert "| gru | D |" in table and "| lstm | A |" in table and "D - A =" in table
-    # a run whose record is lost (killed between its last checkpoint and its record) resumes
-    # from its newest checkpoint instead of training again, and records the same losses
+    # a run killed midway (after its checkpoint at step 2 of 3) resumes there: it trains the one
+    # step left, not all three again, and ends where the uninterrupted run ended
+    import shutil
+
     lost = out / "runs" / "gru_D_seed0.json"
     before = json.loads(lost.read_text())
     lost.unlink()
-    assert "gru_D_seed0: resuming" in run("run")
+    shutil.rmtree(out / "scratch" / "gru_D_seed0" / "checkpoint-3")
+    log = run("run")
     after = json.loads(lost.read_text())
-    assert after["eval_32"] == before["eval_32"] and after["data_seed"] == before["data_seed"] == 0
+    assert after["resumed_from"].endswith("checkpoint-2") and "gru_D_seed0: resuming" in log
+    assert sum(line.startswith("{'loss'") for line in log.splitlines()) == 1  # step 3's log alone
+    assert after["train_loss"] == before["train_loss"]
+    assert after["eval_32"] == pytest.approx(before["eval_32"], rel=1e-6)  # resume restores RNG and data order
+    assert after["data_seed"] == before["data_seed"] == 0
 
 
 def write_gguf(path, llama, tokenizer):
